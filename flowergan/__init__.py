@@ -1,0 +1,3 @@
+"""flowergan: DCGAN flower generation that trains from a laptop to a Kubernetes GPU cluster."""
+
+__version__ = "0.1.0"

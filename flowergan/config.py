@@ -1,0 +1,286 @@
+"""One dataclass tree for a run, loaded from TOML and `--set section.key=value` overrides.
+
+Sections match the TOML tables. Each component receives its own section, never the root.
+Every field has a default; its metadata says units and what is allowed, and `validate` enforces it so
+a bad value fails on load with one line that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field and what is allowed."""
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
+       hi: float | None = None, lo_open: bool = False) -> Any:
+    """A field with its documentation and limits (lo/hi inclusive unless lo_open)."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("data/synth64", "shard directory with manifest.json, or a shard URL/glob "
+                   "(local path, pipe:, s3://, gs://)")
+    workers: int = _f(2, "loader processes per rank (0 = load in the training process)", lo=0, hi=64)
+    hflip: float = _f(0.5, "probability of a horizontal flip", lo=0.0, hi=1.0)
+    color_jitter: float = _f(0.0, "strength of brightness/contrast/saturation jitter (0 = off)", lo=0.0, hi=1.0)
+    cache: str = _f("none", "keep the decoded set in memory after the first pass",
+                    choices=("none", "memory", "device"))
+    shuffle_buffer: int = _f(1000, "samples in the streaming shuffle buffer", lo=0)
+
+
+@dataclass
+class ModelConfig:
+    resolution: int = _f(64, "image side in pixels", choices=(64, 128))
+    nz: int = _f(100, "length of the latent vector z", lo=1, hi=4096)
+    ngf: int = _f(64, "generator feature maps in the last hidden layer", lo=1, hi=1024)
+    ndf: int = _f(64, "discriminator feature maps in the first layer", lo=1, hi=1024)
+    kernel: int = _f(4, "convolution kernel size of the up/down-sampling layers", choices=(4, 5))
+    d_dropout: float = _f(0.0, "dropout after each D block (variants use 0.1)", lo=0.0, hi=0.9)
+    d_input_dropout: float = _f(0.0, "dropout on D's input image (variants use 0.5)", lo=0.0, hi=0.9)
+    d_head: str = _f("conv", "D's last layer: 4x4 conv or flatten + linear", choices=("conv", "dense"))
+    spectral_norm: bool = _f(False, "spectral normalisation on D's convolutions")
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = _f(2e-4, "Adam learning rate of G", lo=0.0, hi=1.0, lo_open=True)
+    lr_d: float = _f(2e-4, "Adam learning rate of D (a common variant: 1e-4)", lo=0.0, hi=1.0, lo_open=True)
+    beta1: float = _f(0.5, "Adam beta1", lo=0.0, hi=1.0)
+    beta2: float = _f(0.999, "Adam beta2", lo=0.0, hi=1.0)
+    fused: str = _f("auto", "fused Adam kernels (auto = on CUDA)", choices=("auto", "on", "off"))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(10_000, "optimizer steps of G", lo=1)
+    epochs: float = _f(0.0, "if > 0, replaces steps: epochs x data set size / batch_size", lo=0.0)
+    batch_size: int = _f(64, "global batch (split evenly across workers)", lo=1)
+    seed: int = _f(0, "seed of weights, noise and data order", lo=0)
+    d_steps: int = _f(1, "D updates per G update", lo=1, hi=10)
+    real_label: float = _f(0.9, "D's target for real images (one-sided smoothing: 0.9)", lo=0.0, hi=1.0)
+    fake_label: float = _f(0.1, "D's target for generated images", lo=0.0, hi=1.0)
+    g_target: float = _f(1.0, "G's target for D(G(z)) (1.0 = non-saturating loss)", lo=0.0, hi=1.0)
+    amp: str = _f("auto", "mixed precision: auto = bf16 on GPUs that have it, else fp16; off on the CPU",
+                  choices=("auto", "off", "bf16", "fp16"))
+    channels_last: bool = _f(False, "NHWC memory format (faster convolutions on tensor cores)")
+    compile: bool = _f(False, "torch.compile G and D")
+    ema: bool = _f(True, "keep an exponential moving average of G for samples and evaluation")
+    ema_decay: float = _f(0.999, "EMA decay per step", lo=0.0, hi=1.0)
+    diffaugment: str = _f("", "DiffAugment policy, comma-separated from color, translation, cutout ('' = off)")
+    device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    checkpoint_every: int = _f(1000, "steps between checkpoints", lo=1)
+    keep_checkpoints: int = _f(3, "newest checkpoints kept (plus 'best')", lo=1)
+    nan_retries: int = _f(3, "rollbacks to the last good checkpoint after a non-finite loss", lo=0)
+
+
+@dataclass
+class LogConfig:
+    run_dir: str = _f("runs/default", "where checkpoints, samples and TensorBoard events go")
+    every: int = _f(50, "steps between logged scalars (the only host syncs of the loop)", lo=1)
+    sample_every: int = _f(500, "steps between fixed-noise sample grids", lo=1)
+    n_samples: int = _f(64, "images in a sample grid", lo=1, hi=1024)
+    tensorboard: bool = _f(True, "write TensorBoard event files")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class EvalConfig:
+    every: int = _f(0, "steps between in-training evaluations (0 = off)", lo=0)
+    metric: str = _f("kid", "metric that picks the 'best' checkpoint", choices=("fid", "kid"))
+    n: int = _f(1000, "generated images per in-training evaluation", lo=2)
+    data: str = _f("", "reference shards ('' = data.path)")
+    inception_weights: str = _f("", "FID Inception weights file ('' = $FLOWERGAN_INCEPTION_WEIGHTS or cache)")
+
+
+@dataclass
+class ClusterConfig:
+    name: str = _f("", "Ray Train run name; fixed so a relaunch resumes ('' = the job file's stem)")
+    workers: int = _f(1, "Ray Train workers (one GPU each on a GPU cluster)", lo=1, hi=4096)
+    gpus_per_worker: float = _f(0.0, "GPUs per worker (0 = CPU workers with gloo)", lo=0.0)
+    cpus_per_worker: float = _f(1.0, "CPUs per worker", lo=0.0, lo_open=True)
+    address: str = _f("", "Ray address: '' starts or joins a local Ray, 'auto', or ray://HOST:10001")
+    storage_path: str = _f("", "Ray Train storage: a shared directory or s3:// gs:// ('' = log.run_dir)")
+    max_failures: int = _f(3, "worker-group restarts from the newest checkpoint", lo=-1)
+    num_to_keep: int = _f(3, "checkpoints Ray Train keeps in storage", lo=1)
+    sync_batchnorm: bool = _f(False, "SyncBatchNorm across workers")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (sections of scalars only, so a tiny writer suffices)."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(v)  # a JSON string is a valid TOML basic string
+
+
+def _coerce(name: str, typ: str, value: Any, from_text: bool) -> Any:
+    """Check (TOML) or parse (--set text) one value against the field's type."""
+    if from_text:
+        text = str(value).strip()
+        try:
+            if typ == "bool":
+                low = text.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return low in ("true", "1", "yes")
+            if typ == "int":
+                return int(text)
+            if typ == "float":
+                return float(text)
+            return text.strip('"').strip("'")
+        except ValueError:
+            raise ConfigError(f"{name}: expected {typ}, got {text!r}") from None
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[typ]
+    if not ok:
+        raise ConfigError(f"{name}: expected {typ}, got {type(value).__name__} {value!r}")
+    return float(value) if typ == "float" else value
+
+
+def _check_range(name: str, value: Any, meta: dict) -> None:
+    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"{name}: {value!r} is not allowed; choose one of: {allowed}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: {value!r} is not a finite number")
+        low_bad = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
+        if low_bad or (hi is not None and value > hi):
+            lo_txt = "" if lo is None else (f"> {lo}" if meta.get("lo_open") else f">= {lo}")
+            hi_txt = "" if hi is None else f"<= {hi}"
+            bounds = " and ".join(t for t in (lo_txt, hi_txt) if t)
+            raise ConfigError(f"{name}: {value!r} is out of range; allowed: {bounds}")
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, from_text: bool) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section [{section}]; sections are: {', '.join(SECTIONS)}")
+    sec = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(sec)}
+    if key not in fields:
+        raise ConfigError(f"unknown key {section}.{key}; keys of [{section}]: {', '.join(fields)}")
+    f = fields[key]
+    name = f"{section}.{key}"
+    value = _coerce(name, f.type if isinstance(f.type, str) else f.type.__name__, value, from_text)
+    _check_range(name, value, f.metadata)
+    setattr(sec, key, value)
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field and the rules that join fields; raise ConfigError naming the field."""
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            _check_range(f"{section}.{f.name}", getattr(getattr(cfg, section), f.name), f.metadata)
+    policy = [p for p in cfg.train.diffaugment.split(",") if p.strip()]
+    for p in policy:
+        if p.strip() not in ("color", "translation", "cutout"):
+            raise ConfigError(f"train.diffaugment: {p.strip()!r} is not allowed; "
+                              "use a comma-separated subset of: color, translation, cutout")
+    if cfg.train.batch_size % cfg.cluster.workers:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly across "
+                          f"cluster.workers = {cfg.cluster.workers}")
+    return cfg
+
+
+def from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
+    """Build a Config from nested dicts (a parsed TOML file or a checkpoint's config)."""
+    cfg = Config()
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of key = value pairs")
+        for key, value in values.items():
+            _apply(cfg, section, key, value, from_text=False)
+    return validate(cfg)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split 'section.key=value' into its parts."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.steps=100")
+    lhs, value = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < TOML file < overrides; validated. Raises ConfigError with one clear line."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist (pass --config jobs/smoke.toml or another job file)")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    cfg = Config()
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table of key = value pairs")
+        for key, value in values.items():
+            _apply(cfg, section, key, value, from_text=False)
+    for text in overrides:
+        _apply(cfg, *parse_override(text), from_text=True)
+    if path is not None and not cfg.cluster.name:
+        cfg.cluster.name = Path(path).stem
+    return validate(cfg)
+
+
+def describe() -> str:
+    """Every field with its default and documentation, for `flowergan config --help-fields`."""
+    out = []
+    for section, factory in _SECTION_TYPES.items():
+        out.append(f"[{section}]")
+        for f in dataclasses.fields(factory()):
+            m = f.metadata
+            extra = f" (one of: {', '.join(map(str, m['choices']))})" if m.get("choices") else ""
+            out.append(f"  {f.name} = {_toml_value(f.default)}  # {m.get('help', '')}{extra}")
+    return "\n".join(out)
