@@ -1,0 +1,1 @@
+"""`flowergan train` and `flowergan sample` (being written by the core issue)."""

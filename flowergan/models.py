@@ -1,0 +1,114 @@
+"""The DCGAN of Radford et al. (2016): only nn.Modules, no I/O, no optimizers, no ranks.
+
+G maps z [B, nz] to images [B, 3, R, R] in [-1, 1]; D maps images to one logit per image (no Sigmoid:
+the loss takes logits, which is also what autocast requires).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from flowergan.config import ModelConfig
+
+
+def init_weights(m: nn.Module) -> None:
+    """DCGAN init: conv weights N(0, 0.02), BatchNorm gamma N(1, 0.02) and beta 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def _n_blocks(resolution: int) -> int:
+    """Doublings from the 4x4 seed to the output: 4 for 64x64, 5 for 128x128."""
+    n = int(math.log2(resolution)) - 2
+    if 2 ** (n + 2) != resolution or n < 1:
+        raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+    return n
+
+
+def _up(c_in: int, c_out: int, kernel: int) -> nn.ConvTranspose2d:
+    # kernel 4: stride 2, padding 1 doubles; kernel 5 needs output_padding 1 to double exactly.
+    pad, out_pad = (1, 0) if kernel == 4 else (2, 1)
+    return nn.ConvTranspose2d(c_in, c_out, kernel, 2, pad, output_padding=out_pad, bias=False)
+
+
+def _down(c_in: int, c_out: int, kernel: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel, 2, 1 if kernel == 4 else 2, bias=False)
+
+
+class Generator(nn.Module):
+    """z -> 4x4 -> ... -> resolution, BatchNorm + ReLU, Tanh output without BN."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3):
+        super().__init__()
+        self.nz = nz
+        n = _n_blocks(resolution)
+        ch = [ngf * 2 ** (n - 1 - i) for i in range(n)]  # 64²: 512, 256, 128, 64
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(nz, ch[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+            nn.BatchNorm2d(ch[0]),
+            nn.ReLU(True),
+        ]
+        for c_in, c_out in zip(ch[:-1], ch[1:]):
+            layers += [_up(c_in, c_out, kernel), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [_up(ch[-1], nc, kernel), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """Strided convs with LeakyReLU(0.2), BN on all but the first block, one logit per image."""
+
+    def __init__(self, ndf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3, dropout: float = 0.0,
+                 input_dropout: float = 0.0, head: str = "conv", spectral_norm: bool = False):
+        super().__init__()
+        n = _n_blocks(resolution)
+        ch = [ndf * 2**i for i in range(n)]  # 64²: 64, 128, 256, 512
+        layers: list[nn.Module] = []
+        if input_dropout > 0:
+            layers.append(nn.Dropout(input_dropout))
+        c_in = nc
+        for i, c_out in enumerate(ch):
+            layers.append(_down(c_in, c_out, kernel))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)  # [B, ndf * 2**(n-1), 4, 4]: the penultimate features
+        if head == "conv":
+            self.head = nn.Sequential(nn.Conv2d(c_in, 1, 4, 1, 0, bias=False), nn.Flatten())
+        elif head == "dense":
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, 1))
+        else:
+            raise ValueError(f"head must be 'conv' or 'dense', got {head!r}")
+        self.apply(init_weights)
+        if spectral_norm:
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    _spectral_norm(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).view(-1)
+
+
+def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
+    """G and D as the model section describes them."""
+    G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel)
+    D = Discriminator(cfg.ndf, cfg.resolution, cfg.kernel, dropout=cfg.d_dropout,
+                      input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm)
+    return G, D

@@ -1,0 +1,15 @@
+"""The one progress-bar style of every long job (rich), silenced when output is not wanted."""
+
+from __future__ import annotations
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+
+def progress_bar(enabled: bool = True, *extra_columns) -> Progress:
+    """A rich Progress with bar, count, elapsed and ETA; use `with progress_bar() as p: t = p.add_task(...)`."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), *extra_columns,
+        disable=not enabled, transient=False,
+    )

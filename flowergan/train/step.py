@@ -1,0 +1,127 @@
+"""One GAN iteration as a plain function: D then G, logits losses with label smoothing, optional AMP.
+
+It runs the same on the CPU, one GPU, or DDP-wrapped G and D. It returns detached tensors and never
+calls `.item()`: the loop syncs with the device only at its log intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Label smoothing: D sees real 0.9, fake 0.1; G aims for 1.0 (the non-saturating loss)."""
+
+    real: float = 0.9
+    fake: float = 0.1
+    g: float = 1.0
+
+
+@dataclass
+class StepOutput:
+    loss_d: torch.Tensor
+    loss_g: torch.Tensor
+    d_real: torch.Tensor  # mean sigmoid(D(x))
+    d_fake_before: torch.Tensor  # mean sigmoid(D(G(z))) before D's update
+    d_fake_after: torch.Tensor  # ... after D's update (as the PyTorch DCGAN tutorial reports them)
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """BCE on logits of real (target `targets.real`) plus fake (target `targets.fake`)."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, targets.real))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.fake)))
+
+
+def g_loss(fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """Non-saturating G loss: BCE of D(G(z)) against `targets.g` (1.0 by default)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.g))
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed) for a config value and device."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None, False
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16":
+        return torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
+    return torch.float16, True
+
+
+class Precision:
+    """Autocast plus the one GradScaler that both optimizers share (one `update()` per iteration)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None, use_scaler: bool):
+        self.device_type = device.type
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+
+
+def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
+    # D is frozen during G's update, so DDP must not wait for D's gradients there.
+    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
+
+
+def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+             reals: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], precision: Precision,
+             targets: Targets = Targets(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> StepOutput:
+    """len(reals) D updates (the D:G ratio), then one G update that reuses the last D update's fake batch."""
+    aug = augment or (lambda x: x)
+    for i, (real, z) in enumerate(zip(reals, zs)):
+        last = i == len(reals) - 1
+        # Update D. Only the last fake batch keeps G's graph: G's update reuses it (one G forward per step).
+        opt_d.zero_grad(set_to_none=True)
+        with precision.autocast():
+            with contextlib.nullcontext() if last else torch.no_grad():
+                fake = G(z)
+            real_logits = D(aug(real))
+            fake_logits = D(aug(fake.detach()))
+            loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
+        precision.backward_step(loss_d, opt_d)
+
+    # Update G. D is frozen meanwhile: its weight gradients from G's loss would be thrown away anyway.
+    opt_g.zero_grad(set_to_none=True)
+    D.requires_grad_(False)
+    try:
+        with _no_sync(D), precision.autocast():
+            after_logits = D(aug(fake))
+            loss_g = g_loss(after_logits.float(), targets)
+        precision.backward_step(loss_g, opt_g)
+    finally:
+        D.requires_grad_(True)
+    precision.scaler.update()
+
+    with torch.no_grad():
+        return StepOutput(
+            loss_d=loss_d.detach(),
+            loss_g=loss_g.detach(),
+            d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+            d_fake_before=torch.sigmoid(fake_logits.detach().float()).mean(),
+            d_fake_after=torch.sigmoid(after_logits.detach().float()).mean(),
+        )
+
+
+@torch.no_grad()
+def ema_update(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
+    """G_ema <- decay * G_ema + (1 - decay) * G for parameters; buffers (BN statistics) are copied."""
+    ema_p = list(G_ema.parameters())
+    torch._foreach_lerp_(ema_p, [p.detach() for p in G.parameters()], 1.0 - decay)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
