@@ -1,0 +1,54 @@
+"""Run logging on rank 0: TensorBoard scalars and images plus the same scalars as JSON lines.
+
+Other ranks get `NullLogger`, so the loop never asks which rank it is before logging.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+class NullLogger:
+    """What every rank but 0 logs with: nothing."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def image(self, tag: str, step: int, grid: torch.Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunLogger(NullLogger):
+    """TensorBoard events under `<run_dir>/tb` and `metrics.jsonl` (one object per call) in the run dir."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable mid-run
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        self.jsonl.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for tag, v in values.items():
+                self.tb.add_scalar(tag, v, step)
+
+    def image(self, tag: str, step: int, grid: torch.Tensor) -> None:
+        """`grid` is a [3, H, W] float tensor in [0, 1]."""
+        if self.tb is not None:
+            self.tb.add_image(tag, grid, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()

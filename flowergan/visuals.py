@@ -1,0 +1,71 @@
+"""Pictures of a run: sample grids, the progress GIF of fixed-noise grids, and loss curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+def to_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """Images in [-1, 1] -> one [3, H, W] grid in [0, 1] (square-ish layout)."""
+    n = images.shape[0]
+    nrow = nrow or max(1, int(round(n**0.5)))
+    return make_grid(images.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=2)
+
+
+def save_png(grid: torch.Tensor, path: Path) -> None:
+    """Write a [3, H, W] grid in [0, 1] as an 8-bit PNG, rounding as image viewers expect."""
+    arr = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def save_gif(frames: list[Path], path: Path, ms_per_frame: int = 250) -> bool:
+    """An animated GIF of PNG frames (the fixed-noise grids over training); False if there are none."""
+    if not frames:
+        return False
+    images = [Image.open(f).convert("RGB") for f in frames]
+    # The last frame stays up longer so the final result is easy to look at.
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 6]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return True
+
+
+def plot_losses(metrics_jsonl: Path, path: Path) -> bool:
+    """Loss curves per iteration and per epoch from metrics.jsonl as one PNG; False without data."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    steps, epochs = [], []
+    for line in metrics_jsonl.read_text().splitlines():
+        rec = json.loads(line)
+        if "Loss/D" in rec:
+            steps.append(rec)
+        if "Epoch/Loss_D" in rec:
+            epochs.append(rec)
+    if not steps:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    ax.plot([r["step"] for r in steps], [r["Loss/D"] for r in steps], label="D")
+    ax.plot([r["step"] for r in steps], [r["Loss/G"] for r in steps], label="G")
+    ax.set(title="Loss per iteration", xlabel="step", ylabel="loss")
+    ax.legend()
+    ax = axes[1]
+    if epochs:
+        ax.plot([r["epoch"] for r in epochs], [r["Epoch/Loss_D"] for r in epochs], "o-", label="D")
+        ax.plot([r["epoch"] for r in epochs], [r["Epoch/Loss_G"] for r in epochs], "o-", label="G")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "shorter than one epoch", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="Loss per epoch (mean)", xlabel="epoch", ylabel="loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
