@@ -95,6 +95,10 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             fake_logits = D(aug(fake.detach()))
             loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
         precision.backward_step(loss_d, opt_d)
+        if not last:
+            # GradScaler allows one step() per optimizer between update()s, so each extra D update closes its
+            # own scaler round (with d_steps = 1 this is the single update() per iteration of the AMP docs).
+            precision.scaler.update()
 
     # Update G. D is frozen meanwhile: its weight gradients from G's loss would be thrown away anyway.
     opt_g.zero_grad(set_to_none=True)
