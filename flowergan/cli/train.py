@@ -1,1 +1,90 @@
-"""`flowergan train` and `flowergan sample` (being written by the core issue)."""
+"""`flowergan train`, `flowergan sample` and `flowergan config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flowergan.cli import app
+from flowergan.config import describe, load_config
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Job file (TOML), e.g. jobs/smoke.toml."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override: section.key=value (repeatable)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Where outputs go (overrides log.run_dir)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the run dir."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    ray: bool = typer.Option(False, "--ray", help="Run as Ray Train workers (DDP) instead of one process."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray address: auto or ray://HOST:10001."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (cluster.workers)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="cluster.gpus_per_worker"),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="cluster.cpus_per_worker"),
+) -> None:
+    """Train a DCGAN as a job file says; the same file runs locally and on a Ray cluster."""
+    flags = {"log.run_dir": run_dir, "train.device": device, "cluster.address": address,
+             "cluster.workers": workers, "cluster.gpus_per_worker": gpus_per_worker,
+             "cluster.cpus_per_worker": cpus_per_worker}
+    overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = load_config(config, overrides)
+    if dry_run:
+        typer.echo(cfg.to_toml())
+        return
+    if ray:
+        from flowergan.train.ray_train import run_ray
+
+        metrics = run_ray(cfg, resume=resume)
+    else:
+        from flowergan.train.loop import train as train_loop
+
+        metrics = train_loop(cfg, resume=resume)
+    _summary(Path(cfg.log.run_dir), metrics)
+
+
+def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("Loss/", "D/", "Speed/", "Eval/")))
+    typer.echo(f"done: {shown}" if shown else "done")
+    typer.echo(f"  checkpoints   {run_dir / 'checkpoints'}")
+    typer.echo(f"  samples       {run_dir / 'samples'}  (progress GIF: {run_dir / 'progress.gif'})")
+    typer.echo(f"  loss curves   {run_dir / 'losses.png'}")
+    typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'}")
+
+
+@app.command()
+def sample(
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint directory, or a run dir (its newest checkpoint)."),
+    n: int = typer.Option(64, "--n", min=1, max=4096, help="Images in the grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors."),
+    out: Path = typer.Option(Path("grid.png"), "--out", help="PNG file to write."),
+    raw: bool = typer.Option(False, "--raw", help="Use the raw G instead of its EMA."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+) -> None:
+    """Write a grid of generated flowers from a checkpoint."""
+    import torch
+
+    from flowergan import visuals
+    from flowergan.train.checkpoint import load_generator
+    from flowergan.train.loop import pick_device
+
+    dev = pick_device(device)
+    G, cfg = load_generator(ckpt, ema=not raw, device=dev)
+    z = torch.randn(n, cfg.model.nz, generator=torch.Generator().manual_seed(seed)).to(dev)
+    with torch.no_grad():
+        grid = visuals.to_grid(G(z))
+    try:
+        visuals.save_png(grid, out)
+    except OSError as e:
+        from flowergan.errors import UserError
+
+        raise UserError(f"cannot write {out} ({e.strerror})") from None
+    typer.echo(f"wrote {out} ({n} images, {'raw G' if raw else 'G_ema'})")
+
+
+@app.command("config")
+def config_fields() -> None:
+    """List every config field with its default and what it allows."""
+    typer.echo(describe())
