@@ -246,7 +246,7 @@ def from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
 def parse_override(text: str) -> tuple[str, str, str]:
     """Split 'section.key=value' into its parts."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.steps=100")
+        raise ConfigError("expected section.key=value, e.g. train.steps=100")
     lhs, value = text.split("=", 1)
     section, key = lhs.strip().split(".", 1)
     return section, key, value
@@ -268,9 +268,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [{section}] must be a table of key = value pairs")
         for key, value in values.items():
-            _apply(cfg, section, key, value, from_text=False)
+            try:
+                _apply(cfg, section, key, value, from_text=False)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
     for text in overrides:
-        _apply(cfg, *parse_override(text), from_text=True)
+        try:
+            _apply(cfg, *parse_override(text), from_text=True)
+        except ConfigError as e:
+            raise ConfigError(f"--set {text}: {e}") from None
     if path is not None and not cfg.cluster.name:
         cfg.cluster.name = Path(path).stem
     return validate(cfg)
