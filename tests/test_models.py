@@ -1,0 +1,151 @@
+"""G and D: shapes for every option at 64² and 128², the DCGAN layer layout, and the DCGAN init."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from flowergan.config import ModelConfig
+from flowergan.models import Discriminator, Generator, _n_blocks, build_models, init_weights
+
+OPTIONS = [
+    {},
+    {"kernel": 5},
+    {"d_dropout": 0.1},
+    {"d_input_dropout": 0.5},
+    {"d_head": "dense"},
+    {"spectral_norm": True},
+    {"kernel": 5, "d_dropout": 0.1, "d_input_dropout": 0.5, "d_head": "dense", "spectral_norm": True},
+]
+
+
+def _cfg(resolution: int, **options) -> ModelConfig:
+    # Small widths keep 128² fast on two cores; the layout does not depend on them.
+    return dataclasses.replace(ModelConfig(), resolution=resolution, nz=16, ngf=8, ndf=8, **options)
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_shapes(resolution: int, options: dict) -> None:
+    cfg = _cfg(resolution, **options)
+    G, D = build_models(cfg)
+    torch.manual_seed(0)
+    z = torch.randn(3, cfg.nz)
+    x = G(z)
+    assert x.shape == (3, 3, resolution, resolution)
+    assert x.min() >= -1 and x.max() <= 1  # Tanh output
+    assert G(z[:, :, None, None]).shape == x.shape  # z as [B, nz] or [B, nz, 1, 1]
+    n = _n_blocks(resolution)
+    assert D.features(x).shape == (3, cfg.ndf * 2 ** (n - 1), 4, 4)
+    logits = D(x)
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+    # Logits, not probabilities: D has no Sigmoid anywhere.
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 32])
+def test_any_power_of_two_from_8(resolution: int) -> None:
+    G, D = Generator(8, 4, resolution), Discriminator(4, resolution)
+    x = G(torch.randn(2, 8))
+    assert x.shape == (2, 3, resolution, resolution) and D(x).shape == (2,)
+
+
+@pytest.mark.parametrize("resolution", [4, 48, 100])
+def test_bad_resolution(resolution: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(8, 4, resolution)
+
+
+def test_default_64_is_the_pytorch_dcgan_tutorial_architecture() -> None:
+    G, D = build_models(ModelConfig())
+    # (kind, in, out, kernel, stride, padding) of the tutorial's netG / netD (nz 100, ngf = ndf = 64).
+    g_convs = [(100, 512, 4, 1, 0), (512, 256, 4, 2, 1), (256, 128, 4, 2, 1), (128, 64, 4, 2, 1), (64, 3, 4, 2, 1)]
+    d_convs = [(3, 64, 4, 2, 1), (64, 128, 4, 2, 1), (128, 256, 4, 2, 1), (256, 512, 4, 2, 1), (512, 1, 4, 1, 0)]
+
+    def convs(model: nn.Module, kind: type) -> list[tuple]:
+        return [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
+                for m in model.modules() if isinstance(m, kind)]
+
+    assert convs(G, nn.ConvTranspose2d) == g_convs
+    assert convs(D, nn.Conv2d) == d_convs
+    assert sum(p.numel() for p in G.parameters()) == 3_576_704
+    assert sum(p.numel() for p in D.parameters()) == 2_765_568
+    # BN after every G layer but the last; Tanh at the end. BN on every D block but the first.
+    g_layers = list(G.main)
+    assert isinstance(g_layers[-1], nn.Tanh) and isinstance(g_layers[-2], nn.ConvTranspose2d)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in G.modules()) == 4
+    d_layers = list(D.features)
+    assert isinstance(d_layers[0], nn.Conv2d) and isinstance(d_layers[1], nn.LeakyReLU)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in D.modules()) == 3
+    assert all(m.negative_slope == 0.2 for m in D.modules() if isinstance(m, nn.LeakyReLU))
+    assert not any(m.bias is not None for m in D.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_128_has_one_more_block() -> None:
+    G, D = build_models(dataclasses.replace(ModelConfig(), resolution=128))
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules()) == 6
+    assert sum(isinstance(m, nn.Conv2d) for m in D.modules()) == 6
+    assert G.main[0].out_channels == 1024 and D.features[-3].out_channels == 1024
+
+
+def test_dropout_options() -> None:
+    D = build_models(_cfg(64, d_dropout=0.1, d_input_dropout=0.5))[1]
+    drops = [m for m in D.features if isinstance(m, nn.Dropout)]
+    assert [d.p for d in drops] == [0.5] + [0.1] * 4
+    assert D.features[0] is drops[0]  # the input dropout comes before the first conv
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    D.train()
+    torch.manual_seed(0)
+    a = D(x)
+    assert not torch.equal(a, D(x))  # dropout is live in training
+    D.eval()
+    assert torch.equal(D(x), D(x))
+    plain = build_models(_cfg(64))[1]
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+
+
+def test_dense_head() -> None:
+    D = build_models(_cfg(64, d_head="dense"))[1]
+    linear = [m for m in D.head if isinstance(m, nn.Linear)]
+    assert len(linear) == 1 and linear[0].in_features == 8 * 8 * 16 and linear[0].out_features == 1
+
+
+def test_spectral_norm_bounds_every_d_layer() -> None:
+    D = build_models(_cfg(64, spectral_norm=True, d_head="dense"))[1]
+    layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    for _ in range(30):  # each training forward runs one power iteration
+        D(x)
+    for m in layers:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert abs(sigma.item() - 1.0) < 0.05
+    G, plain = build_models(_cfg(64))
+    assert not any(parametrize.is_parametrized(m) for m in [*G.modules(), *plain.modules()])
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_init_statistics(resolution: int) -> None:
+    torch.manual_seed(0)
+    G, D = build_models(dataclasses.replace(ModelConfig(), resolution=resolution))
+    for model in (G, D):
+        convs = torch.cat([m.weight.detach().flatten() for m in model.modules()
+                           if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+        assert abs(convs.mean().item()) < 1e-3
+        assert abs(convs.std().item() - 0.02) < 5e-4
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        gamma = torch.cat([m.weight.detach() for m in bns])
+        beta = torch.cat([m.bias.detach() for m in bns])
+        assert abs(gamma.mean().item() - 1.0) < 0.01 and abs(gamma.std().item() - 0.02) < 0.005
+        assert torch.all(beta == 0)
+
+
+def test_init_weights_resets_a_linear_and_leaves_others() -> None:
+    lin, act = nn.Linear(256, 256), nn.ReLU()
+    init_weights(lin)
+    init_weights(act)
+    assert abs(lin.weight.std().item() - 0.02) < 2e-3 and torch.all(lin.bias == 0)
