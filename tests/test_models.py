@@ -23,6 +23,15 @@ OPTIONS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cfg(resolution: int, **options) -> ModelConfig:
     # Small widths keep 128² fast on two cores; the layout does not depend on them.
     return dataclasses.replace(ModelConfig(), resolution=resolution, nz=16, ngf=8, ndf=8, **options)
