@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,17 +12,17 @@ from flowergan.config import describe, load_config
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Job file (TOML), e.g. jobs/smoke.toml."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Job file (TOML), e.g. jobs/smoke.toml."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override: section.key=value (repeatable)."),
-    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Where outputs go (overrides log.run_dir)."),
+    run_dir: str | None = typer.Option(None, "--run-dir", help="Where outputs go (overrides log.run_dir)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the run dir."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     ray: bool = typer.Option(False, "--ray", help="Run as Ray Train workers (DDP) instead of one process."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray address: auto or ray://HOST:10001."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (cluster.workers)."),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="cluster.gpus_per_worker"),
-    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="cluster.cpus_per_worker"),
+    address: str | None = typer.Option(None, "--address", help="Ray address: auto or ray://HOST:10001."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (cluster.workers)."),
+    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", help="cluster.gpus_per_worker"),
+    cpus_per_worker: float | None = typer.Option(None, "--cpus-per-worker", help="cluster.cpus_per_worker"),
 ) -> None:
     """Train a DCGAN as a job file says; the same file runs locally and on a Ray cluster."""
     flags = {"log.run_dir": run_dir, "train.device": device, "cluster.address": address,

@@ -196,8 +196,9 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     batches = _batches(stream, step * tc.d_steps)
     if rank == 0 and step == 0:
         sample_grids(0)
-    from flowergan.progress import progress_bar
     from rich.progress import TextColumn
+
+    from flowergan.progress import progress_bar
 
     bar = progress_bar(cfg.log.progress and rank == 0, TextColumn("{task.fields[info]}"))
     bar.start()
