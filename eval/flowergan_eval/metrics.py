@@ -1,0 +1,205 @@
+"""Sample-quality metrics as pure functions over feature arrays, plus a thin registry.
+
+Nothing here runs a network: `features.py` turns images into arrays, these functions turn arrays into
+numbers. A metric's reported name carries its sample count (`fid10k`, `kid1k`), because FID and IS are
+biased by N and numbers at different N must not be compared.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# torch-fidelity's defaults, kept so our numbers equal its own `calculate_metrics` on the same inputs.
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+IS_SPLITS = 10
+SHUFFLE_SEED = 2020
+PRDC_K = 5
+
+
+# ---------------------------------------------------------------- FID
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64, unbiased like np.cov) of [N, D] features."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors of shape [N, D], got {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance; negative round-off eigenvalues are clipped to 0."""
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between two Gaussians: |mu1-mu2|² + tr(S1 + S2 - 2 (S1 S2)^½)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+                         f"{sigma2.shape}")
+    # tr((S1 S2)^½) = tr((S1^½ S2 S1^½)^½). The right-hand matrix is symmetric PSD, so its eigenvalues are
+    # real and >= 0 up to round-off: no complex sqrtm, and near-singular covariances (N < D) stay finite.
+    s1 = _psd_sqrt(sigma1)
+    m = s1 @ sigma2 @ s1
+    eig = np.linalg.eigvalsh((m + m.T) / 2)
+    # Eigenvalues at round-off level are zeros of a rank-deficient product (N < D); their square roots
+    # (~1e-7 each) would otherwise add up to a visible error over thousands of dimensions.
+    eig[eig < eig.max(initial=0.0) * len(eig) * np.finfo(np.float64).eps] = 0.0
+    tr_covmean = np.sqrt(eig).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+# ---------------------------------------------------------------- KID
+def _poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² with the cubic polynomial kernel k(a, b) = (a·b / D + 1)³ (Bińkowski et al. 2018)."""
+    m, d = x.shape
+    k_xx = (x @ x.T / d + 1) ** 3
+    k_yy = (y @ y.T / d + 1) ** 3
+    k_xy = (x @ y.T / d + 1) ** 3
+    sum_xx = k_xx.sum() - np.trace(k_xx)  # off-diagonal terms only: that is what makes it unbiased
+    sum_yy = k_yy.sum() - np.trace(k_yy)
+    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+
+
+def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+        seed: int = SHUFFLE_SEED) -> tuple[float, float, int]:
+    """Kernel Inception Distance: mean and std of unbiased MMD² over random subsets, and the subset size used.
+
+    The subset size is capped at the smaller sample, so KID works with a few hundred images.
+    """
+    n1, n2 = len(f1), len(f2)
+    m = min(subset_size, n1, n2)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples on each side, got {n1} and {n2}")
+    rng = np.random.RandomState(seed)
+    mmds = np.zeros(subsets)
+    for i in range(subsets):
+        # Same draw order as torch-fidelity (first sample, then second), so equal seeds give equal subsets.
+        a = f1[rng.choice(n1, m, replace=False)]
+        b = f2[rng.choice(n2, m, replace=False)]
+        mmds[i] = _poly_mmd2_unbiased(a, b)
+    return float(mmds.mean()), float(mmds.std()), m
+
+
+# ---------------------------------------------------------------- IS
+def inception_score(logits: np.ndarray | torch.Tensor, splits: int = IS_SPLITS,
+                    seed: int | None = SHUFFLE_SEED) -> tuple[float, float]:
+    """Inception Score exp(E[KL(p(y|x) || p(y))]) from classifier logits: mean and std over `splits`."""
+    t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    n = t.shape[0]
+    if n < splits:
+        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} samples, got {n}")
+    if seed is not None:  # shuffled once so that splits are not ordered by generation batch
+        t = t[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
+    p, log_p = t.softmax(dim=1), t.log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        lo, hi = i * n // splits, (i + 1) * n // splits
+        q = p[lo:hi].mean(dim=0, keepdim=True)
+        kl = (p[lo:hi] * (log_p[lo:hi] - q.log())).sum(dim=1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------- PRDC
+def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """Distance of each row of x to its k-th nearest other row (the row itself is at distance 0)."""
+    return torch.cat([torch.cdist(c, x).kthvalue(k + 1, dim=1).values for c in x.split(chunk)])
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K, chunk: int = 1024) -> dict[str, float]:
+    """Precision, recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020) with k-NN balls."""
+    r = torch.as_tensor(np.asarray(real), dtype=torch.float32)
+    f = torch.as_tensor(np.asarray(fake), dtype=torch.float32)
+    if len(r) <= k or len(f) <= k:
+        raise ValueError(f"PRDC with k={k} needs more than {k} samples on each side, got {len(r)} and {len(f)}")
+    r_radius = _kth_nn_radius(r, k, chunk)  # [N_real]
+    f_radius = _kth_nn_radius(f, k, chunk)  # [N_fake]
+    in_real_balls = torch.zeros(len(f), dtype=torch.float64)  # per fake: how many real balls hold it
+    for lo in range(0, len(f), chunk):
+        d = torch.cdist(f[lo:lo + chunk], r)  # [c, N_real]
+        in_real_balls[lo:lo + chunk] = (d <= r_radius[None]).sum(dim=1).double()
+    recall_hits = torch.zeros(len(r), dtype=torch.bool)
+    covered = torch.zeros(len(r), dtype=torch.bool)
+    for lo in range(0, len(r), chunk):
+        d = torch.cdist(r[lo:lo + chunk], f)  # [c, N_fake]
+        recall_hits[lo:lo + chunk] = (d <= f_radius[None]).any(dim=1)
+        covered[lo:lo + chunk] = d.min(dim=1).values <= r_radius[lo:lo + chunk]
+    return {
+        "precision": float((in_real_balls > 0).double().mean()),
+        "recall": float(recall_hits.double().mean()),
+        "density": float(in_real_balls.sum() / (k * len(f))),
+        "coverage": float(covered.double().mean()),
+    }
+
+
+# ---------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Metric:
+    """One registered metric: what it needs and how to compute it from arrays."""
+
+    name: str
+    doc: str
+    lower_is_better: bool
+    needs_real: bool
+    compute: Callable[..., dict[str, float]]
+
+
+def _fid_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
+    mu, sigma = feature_stats(gen["pool"])
+    return {"": fid(mu, sigma, ref["mu"], ref["sigma"])}
+
+
+def _kid_entry(gen: dict, ref: dict, seed: int = SHUFFLE_SEED, **_: object) -> dict[str, float]:
+    mean, std, m = kid(gen["pool"], ref["pool"], seed=seed)
+    return {"": mean, "/std": std, "/subset_size": float(m)}
+
+
+def _is_entry(gen: dict, ref: dict | None = None, seed: int = SHUFFLE_SEED, **_: object) -> dict[str, float]:
+    mean, std = inception_score(gen["logits"], seed=seed)
+    return {"": mean, "/std": std}
+
+
+def _prdc_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
+    return {f"/{k}": v for k, v in prdc(ref["pool"], gen["pool"], k=PRDC_K).items()}
+
+
+REGISTRY: dict[str, Metric] = {
+    "fid": Metric("fid", "Fréchet Inception Distance (pool3, 2048-d); lower is better", True, True, _fid_entry),
+    "kid": Metric("kid", "Kernel Inception Distance, unbiased, cubic kernel; lower is better", True, True, _kid_entry),
+    "is": Metric("is", "Inception Score, 10 splits; higher is better", False, False, _is_entry),
+    "prdc": Metric("prdc", f"precision/recall/density/coverage, k={PRDC_K}; higher is better", False, True,
+                   _prdc_entry),
+}
+
+
+def metric_name(base: str, n: int) -> str:
+    """Name with its sample count: ('fid', 10000) -> 'fid10k', ('kid', 500) -> 'kid500'."""
+    if base not in REGISTRY:
+        raise KeyError(f"unknown metric {base!r}; known: {', '.join(REGISTRY)}")
+    return f"{base}{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{base}{n}"
+
+
+def parse_metric_name(name: str) -> tuple[str, int]:
+    """'fid10k' -> ('fid', 10000); 'kid500' -> ('kid', 500)."""
+    m = re.fullmatch(r"([a-z]+)(\d+)(k?)", name)
+    if not m or m.group(1) not in REGISTRY:
+        raise KeyError(f"not a metric name: {name!r} (expected e.g. fid10k, kid1k, is50k, prdc10k)")
+    return m.group(1), int(m.group(2)) * (1000 if m.group(3) else 1)
+
+
+def compute(base: str, n: int, gen: dict, ref: dict | None, **kwargs: object) -> dict[str, float]:
+    """Run a registered metric; keys are the metric's name plus its sub-results (`kid1k`, `kid1k/std`)."""
+    metric = REGISTRY[base]
+    if metric.needs_real and ref is None:
+        raise ValueError(f"{base} needs reference statistics")
+    name = metric_name(base, n)
+    return {name + suffix: value for suffix, value in metric.compute(gen, ref, **kwargs).items()}
