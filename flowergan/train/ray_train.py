@@ -1,0 +1,252 @@
+"""Ray Train: the training loop in N workers (DDP over gloo or NCCL). The only module that imports ray.
+
+`run_ray(cfg)` starts a `TorchTrainer` whose workers each call `loop.train()`; rank 0 writes the run dir
+(TensorBoard, samples, checkpoints) and every checkpoint is also reported to Ray Train, which copies it to
+`cluster.storage_path/cluster.name/step-XXXXXXXX/`. Resume, in order of preference:
+  1. Ray's own restore: a worker group restarted after a failure (in-run), or a relaunched driver with the
+     same name and storage path (Ray Train V2 reloads `checkpoint_manager_snapshot.json` from storage,
+     ray-project/ray#45516), gets that checkpoint from `ray.train.get_checkpoint()`.
+  2. Otherwise the newest complete checkpoint in `log.run_dir` (a local run continued with `--ray --resume`,
+     or a crash between writing a checkpoint and reporting it). Rank 0 picks it and every rank must see it.
+The global batch `train.batch_size` is split evenly across workers; learning rates are not rescaled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from flowergan.config import Config, from_dict
+from flowergan.errors import UserError
+from flowergan.models import Discriminator, Generator
+from flowergan.train import checkpoint as ckpt_io
+
+# Environment variables handed from the driver to every worker (fault hook, Inception weights, ...): workers
+# on other nodes do not inherit the driver's environment.
+ENV_PREFIXES = ("FLOWERGAN_",)
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of reported checkpoints
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path or path.startswith("pipe:")
+
+
+def _absolute(path: str) -> str:
+    """Workers may run in another directory (or on another node): give them absolute local paths."""
+    return path if not path or _is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """A copy of `cfg` with local paths made absolute and `cluster.name`/`storage_path` filled in."""
+    cfg = from_dict(cfg.to_dict())
+    cfg.log.run_dir = _absolute(cfg.log.run_dir)
+    cfg.data.path = _absolute(cfg.data.path)
+    cfg.eval.data = _absolute(cfg.eval.data)
+    cfg.eval.inception_weights = _absolute(cfg.eval.inception_weights)
+    cfg.cluster.name = cfg.cluster.name or Path(cfg.log.run_dir).name or "flowergan"
+    cfg.cluster.storage_path = _absolute(cfg.cluster.storage_path or cfg.log.run_dir)
+    return cfg
+
+
+def _read_text(storage: str, relpath: str) -> str | None:
+    """A small file from local or remote (s3://, gs://) storage; None if it does not exist."""
+    if not _is_uri(storage):
+        p = Path(storage, relpath)
+        return p.read_text() if p.is_file() else None
+    import pyarrow.fs  # a Ray Train dependency; the same filesystem layer Ray uses for storage
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    path = f"{root.rstrip('/')}/{relpath}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def stored_checkpoints(storage: str, name: str) -> list[str]:
+    """Checkpoint directory names Ray Train has registered for run `name` in `storage` (oldest first)."""
+    text = _read_text(storage, f"{name}/{SNAPSHOT}")
+    if not text:
+        return []
+    try:
+        results = json.loads(text).get("checkpoint_results", [])
+    except json.JSONDecodeError:
+        return []
+    return sorted(r["checkpoint_dir_name"] for r in results if isinstance(r, dict) and r.get("checkpoint_dir_name"))
+
+
+def _check_launch(cfg: Config, resume: bool) -> list[str]:
+    """Refuse to silently mix runs: a run dir with checkpoints but nothing in Ray storage needs --resume."""
+    in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
+    local = ckpt_io.list_checkpoints(Path(cfg.log.run_dir) / "checkpoints") if not _is_uri(cfg.log.run_dir) else []
+    if local and not in_storage and not resume:
+        raise UserError(f"{cfg.log.run_dir} already holds checkpoints ({local[-1].name}) that Ray storage "
+                        f"{cfg.cluster.storage_path}/{cfg.cluster.name} does not know; pass --resume to continue "
+                        "from them, or choose a new --run-dir")
+    if not _is_uri(cfg.data.path) and not Path(cfg.data.path).exists():
+        raise UserError(f"data.path: {cfg.data.path} does not exist (make shards with `flowergan data shard` "
+                        "or `flowergan data synth`)")
+    return in_storage
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+
+
+def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
+    """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's final metrics."""
+    cfg = resolve_paths(cfg)
+    cc = cfg.cluster
+    in_storage = _check_launch(cfg, resume)
+    use_gpu = cc.gpus_per_worker > 0
+    resources = {"CPU": cc.cpus_per_worker, **({"GPU": cc.gpus_per_worker} if use_gpu else {})}
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=cc.address or None, log_to_driver=True)
+    try:
+        where = f"{cc.storage_path.rstrip('/')}/{cc.name}"
+        note = f"resuming from {in_storage[-1]}" if in_storage else "no checkpoint there yet"
+        print(f"Ray Train: {cc.workers} worker(s) x {resources}, run '{cc.name}' in {where} ({note})", flush=True)
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"config": cfg.to_dict(), "env": _worker_env()},
+            scaling_config=ScalingConfig(num_workers=cc.workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(
+                name=cc.name,
+                storage_path=cc.storage_path,
+                failure_config=FailureConfig(max_failures=cc.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cc.num_to_keep),
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            raise _explain(e, cc.max_failures) from None
+    finally:
+        if started_here:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    digests = metrics.get("Check/params_digest", [])
+    if len(set(digests)) > 1:
+        print(f"warning: G/D parameters differ across ranks after training: {digests}", file=sys.stderr)
+    if result.checkpoint is not None:
+        metrics["Ray/checkpoint"] = result.checkpoint.path
+    return metrics
+
+
+def _explain(error: Exception, max_failures: int) -> Exception:
+    """A worker's UserError becomes one line for the CLI; anything else keeps its traceback."""
+    failures = getattr(error, "worker_failures", {}) or {}
+    for rank, failure in sorted(failures.items()):
+        cause = failure
+        while cause is not None and not isinstance(cause, UserError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if isinstance(cause, UserError):
+            return UserError(f"Ray Train worker {rank}: {cause}")
+    return error
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inside every Ray Train worker.
+
+
+class _DDPModules:
+    """Finds the DDP-wrapped G and D the loop builds (a global forward pre-hook that removes itself), so the
+    worker can prove afterwards that every rank holds the same parameters."""
+
+    def __init__(self) -> None:
+        self.found: list[nn.Module] = []
+        self.handle = nn.modules.module.register_module_forward_pre_hook(self._see)
+
+    def _see(self, module: nn.Module, args: Any) -> None:
+        if isinstance(module, nn.parallel.DistributedDataParallel) and all(m is not module for m in self.found):
+            self.found.append(module)
+            if len(self.found) == 2:
+                self.close()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def params_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over parameter names and exact bytes (BatchNorm buffers differ per rank by design: excluded)."""
+    h = hashlib.sha256()
+    for name, p in sorted(named, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _local_resume_point(run_dir: Path) -> Path | None:
+    """The newest checkpoint in the run dir as rank 0 sees it, agreed on by every rank (or a clear error)."""
+    pick = [None]
+    if torch.distributed.get_rank() == 0:
+        found = ckpt_io.list_checkpoints(run_dir / "checkpoints")
+        pick = [str(found[-1]) if found else None]
+    torch.distributed.broadcast_object_list(pick, src=0)
+    path = Path(pick[0]) if pick[0] else None
+    visible = torch.tensor([1 if path is None or path.is_dir() else 0])
+    torch.distributed.all_reduce(visible, op=torch.distributed.ReduceOp.MIN)
+    if not visible.item():
+        raise UserError(f"checkpoint {path} in log.run_dir is not visible on every worker; put log.run_dir on "
+                        "storage shared by all nodes (the PVC) or resume from cluster.storage_path")
+    return path
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: rebuild the config, find the resume point, run the loop, report checkpoints."""
+    os.environ.update(config["env"])
+    from flowergan.train.loop import train  # after the env is set: the fault hook reads it
+
+    cfg = from_dict(config["config"])
+    if cfg.cluster.gpus_per_worker > 0:
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+
+    def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
+        # Every rank reports the same number of times; only rank 0 has a directory to upload.
+        ckpt = Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report({"step": step, **metrics}, checkpoint=ckpt,
+                         checkpoint_dir_name=path.name if path is not None else None)
+
+    ddp = _DDPModules() if not cfg.train.compile else None  # global hooks and torch.compile do not mix
+    with contextlib.ExitStack() as stack:
+        restored = ray.train.get_checkpoint()
+        if restored is not None:
+            resume_from: Path | None = Path(stack.enter_context(restored.as_directory()))
+        else:
+            resume_from = _local_resume_point(Path(cfg.log.run_dir))
+        if resume_from is not None and ray.train.get_context().get_world_rank() == 0:
+            print(f"rank 0: resuming from {resume_from}", flush=True)
+        metrics = train(cfg, resume=resume_from is not None, resume_from=resume_from, device=device,
+                        on_checkpoint=on_checkpoint)
+    mine = ""
+    if ddp is not None:
+        ddp.close()
+        # Prove the ranks agree: every rank hashes its G and D parameters; rank 0 reports all the hashes.
+        tags = {Generator: "G", Discriminator: "D"}
+        named = [(f"{tags[type(m.module)]}.{n}", p) for m in ddp.found if type(m.module) in tags
+                 for n, p in m.module.named_parameters()]
+        mine = params_digest(named) if len(ddp.found) == 2 else ""
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, mine)
+    ray.train.report({**metrics, "Check/params_digest": every})
