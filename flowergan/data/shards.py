@@ -1,0 +1,266 @@
+"""Shard writer, manifest and verifier: the on-disk contract between `flowergan data` and everything that reads data.
+
+A data set is a folder with `<name>-000000.tar ...` WebDataset shards (members `<key>.png|jpg|webp`, `<key>.cls`,
+`<key>.json`) and a `manifest.json` that records counts, classes, resolution, and the sha256 of every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowergan import __version__
+from flowergan.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+# Fixed tar member metadata, so the same samples always give byte-identical shards.
+_TAR_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header to every member (slow to read)
+_TAR_OWNER = "flowergan"
+MAKE_HINT = ("make shards with `flowergan data synth --out DIR --n 4096 --size 64` or "
+             "`flowergan data shard SRC --out DIR --size 64`")
+
+
+def auto_shard_size(n: int) -> int:
+    """Samples per shard: at most 1000, and at least 32 shards when there are enough images (>= 8 per shard)."""
+    n_shards = max(math.ceil(n / 1000), min(32, math.ceil(n / 8)), 1)
+    return math.ceil(n / n_shards)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_shards(samples: list[dict[str, Any]], folder: Path, name: str, ext: str, shard_size: int,
+                 seed: int) -> list[dict[str, Any]]:
+    """Shuffle `samples` (dicts with data, label, meta) with `seed`, write balanced shards; return shard records.
+
+    Shard sizes differ by at most one sample. The same samples and seed give byte-identical tar files.
+    """
+    import webdataset as wds
+
+    if not samples:
+        raise ValueError("no samples to write")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_shards = math.ceil(len(samples) / max(1, shard_size))
+    base, extra = divmod(len(samples), n_shards)
+    records, pos = [], 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        count = base + (s < extra)
+        shard_name = f"{name}-{s:06d}.tar"
+        path = folder / shard_name
+        with open(path, "wb") as f, wds.TarWriter(f, user=_TAR_OWNER, group=_TAR_OWNER, mode=0o444,
+                                                  mtime=_TAR_MTIME, encoder=False) as tw:
+            for idx in order[pos:pos + count]:
+                sample = samples[int(idx)]
+                key = f"{pos:07d}"
+                meta = json.dumps(sample["meta"], sort_keys=True, ensure_ascii=False).encode()
+                tw.write({"__key__": key, ext: sample["data"], "cls": str(sample["label"]).encode(), "json": meta})
+                pos += 1
+        records.append({"name": shard_name, "samples": count, "bytes": path.stat().st_size,
+                        "sha256": _sha256(path)})
+    return records
+
+
+def fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
+    """A short id of the shard contents (for caches of reference statistics)."""
+    h = hashlib.sha256(f"flowergan-shards-v{FORMAT_VERSION}:{resolution}".encode())
+    for s in shards:
+        h.update(f"{s['name']}:{s['sha256']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_manifest(*, name: str, kind: str, resolution: int, image_format: str, quality: int | None, crop: str,
+                  classes: list[str], samples: list[dict[str, Any]], shards: list[dict[str, Any]], seed: int,
+                  source: dict[str, Any], rejected: list[dict[str, str]] | None = None,
+                  duplicates: list[dict[str, str]] | None = None, warnings: list[dict[str, str]] | None = None,
+                  ignored: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The manifest dict (deterministic: no timestamps, sorted lists)."""
+    per_class = Counter(s["label"] for s in samples)
+    per_split = Counter(s["meta"].get("split", "all") for s in samples)
+    class_split: dict[str, dict[str, int]] = {}
+    for s in samples:
+        row = class_split.setdefault(classes[s["label"]], {})
+        split = s["meta"].get("split", "all")
+        row[split] = row.get(split, 0) + 1
+    return {
+        "format_version": FORMAT_VERSION,
+        "tool": f"flowergan {__version__}",
+        "name": name,
+        "kind": kind,
+        "resolution": resolution,
+        "image_format": image_format,
+        "quality": quality,
+        "crop": crop,
+        "num_samples": len(samples),
+        "num_classes": len(classes),
+        "classes": classes,
+        "counts": {
+            "class": {c: per_class.get(i, 0) for i, c in enumerate(classes)},
+            "split": dict(sorted(per_split.items())),
+            "class_split": {c: dict(sorted(class_split.get(c, {}).items())) for c in classes},
+        },
+        "seed": seed,
+        "shards": shards,
+        "fingerprint": fingerprint(shards, resolution),
+        "source": source,
+        "rejected": sorted(rejected or [], key=lambda r: r["path"]),
+        "duplicates": sorted(duplicates or [], key=lambda r: r["path"]),
+        "warnings": sorted(warnings or [], key=lambda r: r["path"]),
+        "ignored": sorted(ignored or [], key=lambda r: r["path"]),
+    }
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    """Write manifest.json atomically."""
+    path = folder / MANIFEST
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def is_url(path: str) -> bool:
+    """True for pipe: commands and scheme://... URLs (anything that is not a local path)."""
+    return path.startswith("pipe:") or ("://" in path and not path.startswith("file://"))
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def manifest_location(path: str) -> str:
+    """Where the manifest of data path `path` lives (a folder, a manifest file, a URL, or a pipe: template)."""
+    if path.startswith("pipe:"):
+        if "{file}" not in path:
+            raise UserError(f"data path {path!r}: a pipe: path needs a {{file}} placeholder for the file name, "
+                            "e.g. 'pipe:curl -fsS https://host/flowers64/{file}'")
+        return path.replace("{file}", MANIFEST)
+    if path.endswith(".json"):
+        return path
+    return path.rstrip("/") + "/" + MANIFEST
+
+
+def shard_url(path: str, shard_name: str) -> str:
+    """The URL or local path of one shard of data path `path`."""
+    if path.startswith("pipe:"):
+        return path.replace("{file}", shard_name)
+    if path.endswith(".json"):
+        base = path.rsplit("/", 1)[0] if "/" in path else "."
+    else:
+        base = path.rstrip("/")
+    return (base if is_url(base) else _local(base)) + "/" + shard_name
+
+
+def _read_text(location: str) -> str:
+    if location.startswith("pipe:"):
+        import subprocess
+
+        proc = subprocess.run(location[len("pipe:"):], shell=True, capture_output=True, timeout=120)
+        if proc.returncode != 0:
+            raise FileNotFoundError(proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}")
+        return proc.stdout.decode()
+    if is_url(location):
+        import fsspec
+
+        try:
+            with fsspec.open(location, "rt") as f:
+                return f.read()
+        except ImportError as e:
+            raise UserError(f"{location}: reading this URL needs an fsspec plugin ({e}); "
+                            "e.g. pip install s3fs or gcsfs") from None
+    return Path(_local(location)).read_text()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check `<path>/manifest.json` (path: shard folder, manifest file, fsspec URL or pipe: template)."""
+    location = manifest_location(str(path))
+    try:
+        text = _read_text(location)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise UserError(f"{path}: no {MANIFEST} found at {location}; {MAKE_HINT}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {location} ({e}); {MAKE_HINT}") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{location}: not valid JSON ({e}); re-create the shards") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{location}: not a flowergan manifest (expected a JSON object)")
+    for key in ("format_version", "resolution", "num_samples", "num_classes", "shards", "image_format"):
+        if key not in manifest:
+            raise UserError(f"{location}: not a flowergan manifest (missing {key!r}); {MAKE_HINT}")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{location}: written by a newer flowergan (format {manifest['format_version']}); upgrade")
+    if not manifest["shards"] or manifest["num_samples"] < 1:
+        raise UserError(f"{location}: the manifest lists no samples; {MAKE_HINT}")
+    return manifest
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """Re-hash every shard and decode every sample against the manifest; raise UserError naming the first problem."""
+    import webdataset as wds
+    from PIL import Image
+
+    manifest = read_manifest(folder)
+    res, ext, k = manifest["resolution"], manifest["image_format"], manifest["num_classes"]
+    per_class: Counter[int] = Counter()
+    total = 0
+    for rec in manifest["shards"]:
+        path = Path(folder) / rec["name"]
+        if not path.is_file():
+            raise UserError(f"{path}: listed in {MANIFEST} but missing")
+        digest = _sha256(path)
+        if digest != rec["sha256"]:
+            raise UserError(f"{path}: sha256 {digest[:16]}... does not match the manifest ({rec['sha256'][:16]}...)")
+        count = 0
+        try:
+            for sample in wds.tarfile_samples([{"url": str(path)}]):
+                key = f"{rec['name']}:{sample['__key__']}"
+                if ext not in sample or "cls" not in sample:
+                    raise UserError(f"{key}: missing the .{ext} or .cls member")
+                try:
+                    with Image.open(io.BytesIO(sample[ext])) as img:
+                        img.load()
+                        size, mode = img.size, img.mode
+                except Exception as e:
+                    raise UserError(f"{key}: image does not decode ({e})") from None
+                if size != (res, res) or mode != "RGB":
+                    raise UserError(f"{key}: image is {mode} {size[0]}x{size[1]}, manifest says RGB {res}x{res}")
+                try:
+                    label = int(sample["cls"])
+                    json.loads(sample.get("json", b"{}"))
+                except ValueError as e:
+                    raise UserError(f"{key}: bad .cls or .json member ({e})") from None
+                if not 0 <= label < k:
+                    raise UserError(f"{key}: label {label} is outside 0..{k - 1}")
+                per_class[label] += 1
+                count += 1
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"{path}: not a readable tar shard ({e})") from None
+        if count != rec["samples"]:
+            raise UserError(f"{path}: holds {count} samples, the manifest says {rec['samples']}")
+        total += count
+    if total != manifest["num_samples"]:
+        raise UserError(f"{folder}: shards hold {total} samples, the manifest says {manifest['num_samples']}")
+    expected = manifest.get("counts", {}).get("class", {})
+    for i, name in enumerate(manifest.get("classes", [])):
+        if name in expected and expected[name] != per_class.get(i, 0):
+            raise UserError(f"{folder}: class {name!r} has {per_class.get(i, 0)} samples, "
+                            f"the manifest says {expected[name]}")
+    return {"shards": len(manifest["shards"]), "samples": total, "classes": k, "resolution": res}

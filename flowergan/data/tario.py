@@ -1,0 +1,112 @@
+"""A minimal streaming tar reader for the loader: ustar, pax and GNU long names, regular files only.
+
+Python's tarfile spends ~65 us parsing each member header (three members per sample), which made header parsing
+the loader's largest cost; this reader does the same job with one struct-free slice per header. Shards are
+written with webdataset's TarWriter and checked with tarfile (verify), so only the hot read path is ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+_BLOCK = 512
+
+
+class TarFormatError(ValueError):
+    """The byte stream is not a well-formed tar archive."""
+
+
+def _octal(field: bytes) -> int:
+    field = field.rstrip(b"\x00 ").lstrip(b" ")
+    if not field:
+        return 0
+    if field[0] & 0x80:  # GNU base-256 for very large sizes
+        return int.from_bytes(field[1:], "big")
+    return int(field, 8)
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            raise TarFormatError(f"unexpected end of archive ({len(data)} of {n} bytes)")
+        data += more
+    return data
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    out, pos = {}, 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += length
+    return out
+
+
+def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """Yield (name, data) for each regular file of the tar stream `f`, in order."""
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    while True:
+        header = f.read(_BLOCK)
+        if len(header) < _BLOCK:
+            if not header:
+                return  # tolerate a missing end-of-archive marker
+            header += _read_exact(f, _BLOCK - len(header))
+        if header == b"\x00" * _BLOCK:
+            return
+        # No per-header checksum here (summing 512 bytes in Python was a third of the read cost): garbage fails the
+        # octal parse below, images carry their own zlib/JPEG checks, and `flowergan data verify` re-hashes shards.
+        try:
+            size = int(pax["size"]) if "size" in pax else _octal(header[124:136])
+        except ValueError:
+            raise TarFormatError("bad tar header (size field is not a number)") from None
+        kind = header[156:157]
+        data = _read_exact(f, size) if size else b""
+        pad = -size % _BLOCK
+        if pad:
+            _read_exact(f, pad)
+        if kind == b"x":
+            pax = _pax_records(data)
+            continue
+        if kind == b"g":
+            continue
+        if kind == b"L":
+            long_name = data.rstrip(b"\x00").decode("utf-8", "replace")
+            continue
+        name = pax.get("path") or long_name
+        if name is None:
+            name = header[0:100].split(b"\x00", 1)[0].decode("utf-8", "replace")
+            prefix = header[345:500].split(b"\x00", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = prefix.decode("utf-8", "replace") + "/" + name
+        long_name, pax = None, {}
+        if kind in (b"0", b"\x00", b"7"):
+            yield name, data
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """'dir/000123.png' -> ('dir/000123', 'png') (the key ends at the first dot of the file name)."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:].lower()
+
+
+def iter_samples(f: BinaryIO) -> Iterator[dict[str, bytes | str]]:
+    """Group consecutive members with the same key into WebDataset samples {'__key__': key, ext: data, ...}."""
+    sample: dict[str, bytes | str] | None = None
+    for name, data in iter_members(f):
+        key, ext = split_key(name)
+        if sample is None or sample["__key__"] != key:
+            if sample is not None:
+                yield sample
+            sample = {"__key__": key}
+        sample[ext] = data
+    if sample is not None:
+        yield sample
