@@ -243,8 +243,9 @@ def print_summary(console: Console, manifest: dict[str, Any], out: Path, seconds
     """The table printed at the end of shard/synth/fetch: images per class and split, problems, throughput."""
     counts = manifest["counts"]
     splits = list(counts["split"])
-    table = Table(title=f"{manifest['name']}: {manifest['num_samples']} images, {manifest['resolution']}px "
-                        f"{manifest['image_format']}, {len(manifest['shards'])} shards")
+    console.print(f"[bold]{manifest['name']}[/]: {manifest['num_samples']} images, {manifest['resolution']}px "
+                  f"{manifest['image_format']}, {len(manifest['shards'])} shards, {manifest['num_classes']} classes")
+    table = Table()
     table.add_column("class")
     for s in splits:
         table.add_column(s, justify="right")
