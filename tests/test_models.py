@@ -158,3 +158,26 @@ def test_init_weights_resets_a_linear_and_leaves_others() -> None:
     init_weights(lin)
     init_weights(act)
     assert abs(lin.weight.std().item() - 0.02) < 2e-3 and torch.all(lin.bias == 0)
+
+
+def _load_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reference_is_the_same_network() -> None:
+    # benchmarks/train_step.py compares speed against the tutorial's nn.Sequential nets: that is only fair if
+    # they are flowergan's default nets layer for layer (D's Sigmoid aside, which has no parameters).
+    bench = _load_benchmark()
+    G, D = build_models(ModelConfig())
+    for ours, theirs in ((G, bench.tutorial_G()), (D, bench.tutorial_D())):
+        ours_shapes = [tuple(t.shape) for t in ours.state_dict().values()]
+        theirs_shapes = [tuple(t.shape) for t in theirs.state_dict().values()]
+        assert ours_shapes == theirs_shapes
+    assert isinstance(list(bench.tutorial_D())[-1], nn.Sigmoid)

@@ -293,3 +293,16 @@ def test_ema_update_math() -> None:
 )
 def test_resolve_amp(amp: str, device: str, want: tuple) -> None:
     assert resolve_amp(amp, torch.device(device)) == want
+
+
+def test_train_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--rounds", "1", "--steps", "1", "--warmup", "0", "--batch", "2", "--diffaugment", "translation"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("train_step ratio=") and float(last.split("=")[1]) > 0
