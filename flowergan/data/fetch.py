@@ -108,9 +108,10 @@ def download(url: str, dest: Path, *, sha256: str, size: int | None, progress: b
                 with _request(url, offset, timeout) as resp:
                     if offset and resp.status != 206:
                         offset = 0  # the server ignored the Range header: start again
-                    total = resp.headers.get("Content-Length")
-                    if total is not None and bar.tasks[task].total is None:
-                        bar.update(task, total=offset + int(total))
+                    length = resp.headers.get("Content-Length")
+                    end = offset + int(length) if length is not None else None
+                    if end is not None and bar.tasks[task].total is None:
+                        bar.update(task, total=end)
                     bar.update(task, completed=offset)
                     with open(part, "ab" if offset else "wb") as f:
                         while chunk := resp.read(_CHUNK):
@@ -118,6 +119,8 @@ def download(url: str, dest: Path, *, sha256: str, size: int | None, progress: b
                             bar.advance(task, len(chunk))
                             if size is not None and f.tell() > size:
                                 break
+                        if end is not None and f.tell() < end:  # the server hung up early
+                            raise ConnectionError(f"connection closed after {f.tell()} of {end} bytes")
                 last_error = None
                 break
             except urllib.error.HTTPError as e:
@@ -158,9 +161,11 @@ def fetch(name: str, out: str | Path, *, options: ShardOptions = ShardOptions(),
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
+    created = not out.exists()
     downloads = out / ".downloads"
     assembled = out / ".fetch-src"
     archives.remove_tree(assembled)
+    ok = False
     try:
         local = []
         for rf in spec.files:
@@ -183,8 +188,13 @@ def fetch(name: str, out: str | Path, *, options: ShardOptions = ShardOptions(),
         info = {"path": spec.name, "dataset": spec.name, "urls": [rf.url for rf in spec.files],
                 "sha256": {file_name(rf.url): rf.sha256 for rf in spec.files}}
         manifest = shard_source(root, out, opts, progress=progress, force=force, console=console, source_info=info)
+        ok = True
     finally:
         archives.remove_tree(assembled)
+        if not ok:  # keep .part files (the next run resumes them), drop empty folders we made
+            for folder in (downloads, out) if created else (downloads,):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
     if not keep_downloads:
         archives.remove_tree(downloads)
     return manifest
