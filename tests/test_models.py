@@ -124,6 +124,7 @@ def test_dense_head() -> None:
 
 
 def test_spectral_norm_bounds_every_d_layer() -> None:
+    torch.manual_seed(0)  # 30 power iterations reach |sigma - 1| < 0.02 for seeds 0..14
     D = build_models(_cfg(64, spectral_norm=True, d_head="dense"))[1]
     layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
