@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from flowergan.data.synth import HUES, NUM_MODES, PETAL_COUNTS, draw_params, generate, mode_names, mode_of, render
 from test_data_support import run_cli
 
 from flowergan.data.shards import read_manifest, verify
+from flowergan.data.synth import HUES, NUM_MODES, PETAL_COUNTS, draw_params, generate, mode_names, mode_of, render
 
 
 def test_modes_are_48_balanced_and_named():

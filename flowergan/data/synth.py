@@ -255,3 +255,34 @@ def write_synthflowers(out, *, n: int, size: int = 64, seed: int = 0, workers: i
         staging.close()
     print_summary(console, manifest, out, time.perf_counter() - t0)
     return manifest
+
+
+def mode_grid(size: int = 64, seed: int = 0, per_mode: int = 1, pad: int = 2) -> np.ndarray:
+    """A picture of every mode: one row per petal count, one column per hue (per_mode examples side by side)."""
+    rows, cols = len(PETAL_COUNTS), len(HUES) * per_mode
+    modes = np.array([r * len(HUES) + c // per_mode for r in range(rows) for c in range(cols)])
+    # index = mode + 48 * k picks the k-th example of a mode (labels are index mod 48)
+    ex = np.array([c % per_mode for r in range(rows) for c in range(cols)])
+    images, _ = generate(modes + NUM_MODES * ex, size, seed)
+    step = size + pad
+    grid = np.full((rows * step + pad, cols * step + pad, 3), 255, np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, cols)
+        grid[pad + r * step:pad + r * step + size, pad + c * step:pad + c * step + size] = img
+    return grid
+
+
+def save_mode_grid(path, size: int = 64, seed: int = 0) -> None:
+    """Write `mode_grid` with hue names on top and petal counts on the left as a PNG (the README picture)."""
+    from PIL import Image, ImageDraw
+
+    grid = Image.fromarray(mode_grid(size, seed))
+    left, top, step = 64, 18, size + 2
+    canvas = Image.new("RGB", (grid.width + left, grid.height + top), "white")
+    canvas.paste(grid, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for c, hue in enumerate(HUES):
+        draw.text((left + 2 + c * step + size // 2 - 3 * len(hue[0]), 3), hue[0], fill="black")
+    for r, n in enumerate(PETAL_COUNTS):
+        draw.text((6, top + 2 + r * step + size // 2 - 6), f"{n} petals", fill="black")
+    canvas.save(path, optimize=True)
