@@ -36,7 +36,7 @@ def _awkward(root: Path) -> dict[str, str]:
     make_class_folders(root, per_class=3, classes=("daisy", "rose"))
     d = root / "daisy"
     Image.fromarray(photo(7, 40, 40)).convert("CMYK").save(d / "cmyk.jpg", quality=90)
-    Image.fromarray((np.asarray(Image.fromarray(photo(8, 30, 30)).convert("L")).astype(np.uint16) * 257)) \
+    Image.fromarray(np.asarray(Image.fromarray(photo(8, 30, 30)).convert("L")).astype(np.uint16) * 257) \
         .save(d / "grey16.png")
     Image.new("RGBA", (30, 30), (255, 0, 0, 100)).save(d / "rgba.png")
     Image.new("LA", (30, 30), (80, 200)).save(d / "la.png")
@@ -203,7 +203,8 @@ def test_oxford102_missing_image_is_reported(tmp_path):
     (src / "jpg" / "image_00002.jpg").unlink()
     m = _shard(src, tmp_path / "out")
     assert m["num_samples"] == 2
-    assert m["rejected"] == [{"path": "jpg/image_00002.jpg", "reason": "listed in imagelabels.mat but missing from jpg/"}]
+    assert m["rejected"] == [{"path": "jpg/image_00002.jpg",
+                              "reason": "listed in imagelabels.mat but missing from jpg/"}]
 
 
 @pytest.mark.parametrize("case,needle", [

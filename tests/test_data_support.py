@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 
-
 def photo(seed: int, w: int = 80, h: int = 60) -> np.ndarray:
     """A smooth random RGB picture (compresses like a photo, differs per seed)."""
     r = np.random.default_rng(seed)
