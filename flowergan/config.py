@@ -28,9 +28,9 @@ class ConfigError(UserError, ValueError):
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
-       hi: float | None = None, lo_open: bool = False) -> Any:
-    """A field with its documentation and limits (lo/hi inclusive unless lo_open)."""
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open}
+       hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A field with its documentation and limits (lo/hi inclusive unless lo_open/hi_open)."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
     return field(default=default, metadata=meta)
 
 
@@ -63,8 +63,8 @@ class ModelConfig:
 class OptimConfig:
     lr_g: float = _f(2e-4, "Adam learning rate of G", lo=0.0, hi=1.0, lo_open=True)
     lr_d: float = _f(2e-4, "Adam learning rate of D (a common variant: 1e-4)", lo=0.0, hi=1.0, lo_open=True)
-    beta1: float = _f(0.5, "Adam beta1", lo=0.0, hi=1.0)
-    beta2: float = _f(0.999, "Adam beta2", lo=0.0, hi=1.0)
+    beta1: float = _f(0.5, "Adam beta1", lo=0.0, hi=1.0, hi_open=True)
+    beta2: float = _f(0.999, "Adam beta2", lo=0.0, hi=1.0, hi_open=True)
     fused: str = _f("auto", "fused Adam kernels (auto = on CUDA)", choices=("auto", "on", "off"))
 
 
@@ -195,9 +195,10 @@ def _check_range(name: str, value: Any, meta: dict) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name}: {value!r} is not a finite number")
         low_bad = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
-        if low_bad or (hi is not None and value > hi):
+        high_bad = hi is not None and (value >= hi if meta.get("hi_open") else value > hi)
+        if low_bad or high_bad:
             lo_txt = "" if lo is None else (f"> {lo}" if meta.get("lo_open") else f">= {lo}")
-            hi_txt = "" if hi is None else f"<= {hi}"
+            hi_txt = "" if hi is None else (f"< {hi}" if meta.get("hi_open") else f"<= {hi}")
             bounds = " and ".join(t for t in (lo_txt, hi_txt) if t)
             raise ConfigError(f"{name}: {value!r} is out of range; allowed: {bounds}")
 
