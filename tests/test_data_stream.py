@@ -183,3 +183,16 @@ def test_damaged_shard_is_named(shards, tmp_path):
     s = build_stream(replace(cfg(broken), shuffle_buffer=0), batch_size=40, resolution=16)
     with pytest.raises(UserError, match=victim.name):
         take(iter(s), 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cache,workers", [("none", 2), ("none", 0), ("memory", 0), ("device", 0)])
+def test_cuda_batches_match_the_cpu_ones(shards, cache, workers):
+    """On the GPU (pinned, uint8 over the bus, converted there) the batches equal the CPU stream's."""
+    c = cfg(shards, workers=workers, cache=cache, hflip=0.5)
+    cpu = take(iter(build_stream(c, batch_size=8, resolution=16, seed=1)), 4)
+    gpu = take(iter(build_stream(c, batch_size=8, resolution=16, seed=1, device=torch.device("cuda"))), 4)
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+        assert xg.is_cuda and yg.is_cuda and xg.is_contiguous()
+        assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)

@@ -9,7 +9,6 @@ import hashlib
 import multiprocessing
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -265,14 +264,12 @@ def print_summary(console: Console, manifest: dict[str, Any], out: Path, seconds
         console.print("rejected:")
         for line in _short(manifest["rejected"], "reason"):
             console.print(line, markup=False, highlight=False)
+    if manifest["warnings"]:
+        console.print("warnings:")
+        for line in _short(manifest["warnings"], "warning"):
+            console.print(line, markup=False, highlight=False)
     if manifest["duplicates"]:
         console.print("duplicates (kept once):")
         for line in _short(manifest["duplicates"], "duplicate_of"):
             console.print(line, markup=False, highlight=False)
     console.print(f"wrote {out / MANIFEST}", markup=False, highlight=False)
-
-
-def copy_tree_file(src: Path, dest: Path) -> None:
-    """Copy one file, creating parents (used to assemble fetched sources)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
