@@ -143,7 +143,7 @@ def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
     metrics = dict(result.metrics or {})
     digests = metrics.get("Check/params_digest", [])
     if len(set(digests)) > 1:
-        print(f"warning: G/D parameters differ across ranks after training: {digests}", file=sys.stderr)
+        print(f"warning: G/D parameters differ across ranks at the last checkpoint: {digests}", file=sys.stderr)
     if result.checkpoint is not None:
         metrics["Ray/checkpoint"] = result.checkpoint.path
     return metrics
@@ -178,6 +178,13 @@ class _DDPModules:
             self.found.append(module)
             if len(self.found) == 2:
                 self.close()
+
+    def digest(self) -> str:
+        """Hash of this rank's G and D parameters ('' before both have run)."""
+        tags = {Generator: "G", Discriminator: "D"}
+        named = [(f"{tags[type(m.module)]}.{n}", p) for m in self.found if type(m.module) in tags
+                 for n, p in m.module.named_parameters()]
+        return params_digest(named) if len(self.found) == 2 else ""
 
     def close(self) -> None:
         if self.handle is not None:
@@ -222,13 +229,17 @@ def _train_worker(config: dict[str, Any]) -> None:
     else:
         device = torch.device("cpu")
 
+    ddp = _DDPModules() if not cfg.train.compile else None  # global hooks and torch.compile do not mix
+
     def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
-        # Every rank reports the same number of times; only rank 0 has a directory to upload.
+        # Every rank reports the same number of times; only rank 0 has a directory to upload. Each report
+        # carries every rank's hash of its G and D parameters: equal hashes prove DDP kept the ranks in step.
+        digests = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(digests, ddp.digest() if ddp is not None else "")
         ckpt = Checkpoint.from_directory(str(path)) if path is not None else None
-        ray.train.report({"step": step, **metrics}, checkpoint=ckpt,
+        ray.train.report({"step": step, **metrics, "Check/params_digest": digests}, checkpoint=ckpt,
                          checkpoint_dir_name=path.name if path is not None else None)
 
-    ddp = _DDPModules() if not cfg.train.compile else None  # global hooks and torch.compile do not mix
     with contextlib.ExitStack() as stack:
         restored = ray.train.get_checkpoint()
         if restored is not None:
@@ -237,16 +248,7 @@ def _train_worker(config: dict[str, Any]) -> None:
             resume_from = _local_resume_point(Path(cfg.log.run_dir))
         if resume_from is not None and ray.train.get_context().get_world_rank() == 0:
             print(f"rank 0: resuming from {resume_from}", flush=True)
-        metrics = train(cfg, resume=resume_from is not None, resume_from=resume_from, device=device,
-                        on_checkpoint=on_checkpoint)
-    mine = ""
+        train(cfg, resume=resume_from is not None, resume_from=resume_from, device=device,
+              on_checkpoint=on_checkpoint)
     if ddp is not None:
         ddp.close()
-        # Prove the ranks agree: every rank hashes its G and D parameters; rank 0 reports all the hashes.
-        tags = {Generator: "G", Discriminator: "D"}
-        named = [(f"{tags[type(m.module)]}.{n}", p) for m in ddp.found if type(m.module) in tags
-                 for n, p in m.module.named_parameters()]
-        mine = params_digest(named) if len(ddp.found) == 2 else ""
-    every = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(every, mine)
-    ray.train.report({**metrics, "Check/params_digest": every})
