@@ -139,6 +139,15 @@ def test_plan_splits_every_epoch_exactly_by_rank_and_worker():
             assert len(taken) == len(set(taken)) == bpe * batch * world  # disjoint
 
 
+def test_a_set_smaller_than_one_global_batch_still_streams(shards, truth):
+    s = build_stream(cfg(shards), batch_size=150, resolution=16, rank=1, world_size=2, seed=0)
+    assert s.batches_per_epoch == 1
+    x, y = next(iter(s))
+    assert x.shape[0] == 150 and all(truth[im] == label for im, label in zip(images(x), y.tolist()))
+    sizes = [sum(b - a for _, a, b in s.plan.pieces(0, 0))]
+    assert sizes == [150]
+
+
 def test_flips_and_jitter_are_augmentation_only(shards):
     plain = next(iter(build_stream(cfg(shards, hflip=0.0), batch_size=16, resolution=16, seed=2)))
     flipped = next(iter(build_stream(cfg(shards, hflip=1.0), batch_size=16, resolution=16, seed=2)))

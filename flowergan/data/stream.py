@@ -350,6 +350,21 @@ class _ShardDecoder(torch.utils.data.IterableDataset):
             yield shard, torch.from_numpy(x), torch.from_numpy(labels)
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (MemAvailable counts reclaimable page cache), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check_memory(n: int, resolution: int, cache: str, device: torch.device) -> None:
     need = n * resolution * resolution * 3
     if cache == "device" and device.type == "cuda":
@@ -358,9 +373,8 @@ def _check_memory(n: int, resolution: int, cache: str, device: torch.device) -> 
             raise UserError(f"data.cache = 'device': the decoded set needs {need / 2**30:.1f} GiB, more than half "
                             f"of the {free / 2**30:.1f} GiB free on {device}; use data.cache = 'memory' or 'none'")
         return
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    avail = _available_memory()
+    if avail is None:
         return
     if need > 0.5 * avail:
         raise UserError(f"data.cache = '{cache}': the decoded set needs {need / 2**30:.1f} GiB, more than half of "
