@@ -182,16 +182,18 @@ def test_clear_errors_instead_of_hangs(shards, tmp_path):
         build_stream(cfg("pipe:cat x"), batch_size=4, resolution=64)
 
 
-def test_damaged_shard_is_named(shards, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damaged_shard_is_named_in_one_line(shards, tmp_path, workers):
     broken = tmp_path / "broken"
     broken.mkdir()
     for p in shards.iterdir():
         (broken / p.name).write_bytes(p.read_bytes())
     victim = broken / read_manifest(broken)["shards"][0]["name"]
     victim.write_bytes(victim.read_bytes()[:3000])
-    s = build_stream(replace(cfg(broken), shuffle_buffer=0), batch_size=40, resolution=16)
-    with pytest.raises(UserError, match=victim.name):
-        take(iter(s), 5)
+    s = build_stream(replace(cfg(broken), shuffle_buffer=0, workers=workers), batch_size=10, resolution=16)
+    with pytest.raises(UserError, match=victim.name) as err:
+        take(iter(s), 20)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
 
 
 @pytest.mark.gpu

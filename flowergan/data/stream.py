@@ -208,6 +208,18 @@ class _WorkerDataset(torch.utils.data.IterableDataset):
             yield j, x_t, y_t
 
 
+def _reraise_plainly(batches: Iterator) -> Iterator:
+    """Pass batches through; a UserError from a loader worker comes back as its one line, not a traceback."""
+    try:
+        yield from batches
+    except UserError as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        last = text.strip().splitlines()[-1]  # "flowergan.errors.UserError: <message>"
+        raise UserError(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # loader processes each use one core; the trainer keeps the rest
 
@@ -265,13 +277,11 @@ class Stream:
                 prefetch_factor=4, worker_init_fn=_worker_init, persistent_workers=False)
             batches = iter(loader)
         expected = start
-        for j, x, labels in batches:
+        for j, x, labels in _reraise_plainly(batches):
             if j != expected:  # would mean the round-robin hand-out broke; never silently reorder data
                 raise RuntimeError(f"data loader returned batch {j}, expected {expected}")
             expected += 1
-            if on_cuda:
-                if not x.is_pinned() and self.loader_workers == 0:
-                    x, labels = x.pin_memory(), labels.pin_memory()
+            if on_cuda:  # uint8 over the bus (pinned by the DataLoader when it has workers), converted there
                 x = to_float(x.to(self.device, non_blocking=True), seed=batch_seed(self.plan.seed, self.plan.rank, j),
                              hflip=self.hflip, jitter=self.color_jitter)
             yield x, labels.to(self.device, non_blocking=True)
@@ -290,14 +300,12 @@ class Stream:
         else:
             items = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.loader_workers,
                                                      worker_init_fn=_worker_init))
-        for shard, x, labels in items:
+        for shard, x, labels in _reraise_plainly(items):
             parts[int(shard)] = (np.asarray(x), np.asarray(labels))
         x = torch.from_numpy(np.concatenate([parts[k][0] for k in range(len(plan.urls))]))
         labels = torch.from_numpy(np.concatenate([parts[k][1] for k in range(len(plan.urls))]))
         if self.cache == "device" and self.device.type == "cuda":
             x, labels = x.to(self.device), labels.to(self.device)
-        elif self.device.type == "cuda":
-            x, labels = x.pin_memory(), labels.pin_memory()
         self._cached = (x, labels)
         return self._cached
 
