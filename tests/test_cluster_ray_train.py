@@ -165,3 +165,34 @@ def test_killed_worker_restarts_from_the_newest_checkpoint(local_ray, shards: Pa
         _assert_complete(ckpt)
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*")), "a temporary checkpoint was left behind"
     assert _checkpoint_digest(storage / "step-00000020", cfg) == digests[0]
+
+
+def test_launch_errors_are_one_line_before_ray_starts(shards: Path, tmp_path: Path) -> None:
+    """Bad data or a foreign run dir fail on the driver in a second, before any worker starts."""
+    from flowergan.errors import UserError
+
+    with pytest.raises(UserError, match="missing"):
+        run_ray(_config(tmp_path, tmp_path / "missing"), resume=False)
+    with pytest.raises(UserError, match="64px images but the model is 128px"):
+        run_ray(_config(tmp_path, shards, "model.resolution=128"), resume=False)
+    with pytest.raises(UserError, match="shards"):  # 8 shards cannot feed 2 ranks x 5 loader processes
+        run_ray(_config(tmp_path, shards, "data.workers=5"), resume=False)
+    # A run dir holding checkpoints that Ray storage does not know: continuing it must be asked for.
+    cfg = _config(tmp_path, shards)
+    G, D = build_models(cfg.model)
+    ckpt_io.save_checkpoint(tmp_path / "run" / "checkpoints", step=3, models={"G": G, "D": D}, optim={},
+                            state={"config": cfg.to_dict()})
+    with pytest.raises(UserError, match="--resume"):
+        run_ray(cfg, resume=False)
+
+
+def test_a_workers_user_error_reaches_the_driver_as_one_line(local_ray, shards: Path, tmp_path: Path) -> None:
+    """Rank 0 cannot create the run dir: the group is torn down (no hang in rank 1's collectives) and the
+    driver raises the worker's own one-line message."""
+    from flowergan.errors import UserError
+
+    (tmp_path / "a-file").write_text("not a directory")
+    cfg = _config(tmp_path, shards, "cluster.max_failures=0")
+    cfg.log.run_dir = str(tmp_path / "a-file" / "run")
+    with pytest.raises(UserError, match=r"^Ray Train worker 0: log.run_dir: cannot write to .*a-file/run"):
+        run_ray(cfg, resume=False)

@@ -97,9 +97,16 @@ def _check_launch(cfg: Config, resume: bool) -> list[str]:
         raise UserError(f"{cfg.log.run_dir} already holds checkpoints ({local[-1].name}) that Ray storage "
                         f"{cfg.cluster.storage_path}/{cfg.cluster.name} does not know; pass --resume to continue "
                         "from them, or choose a new --run-dir")
-    if not _is_uri(cfg.data.path) and not Path(cfg.data.path).exists():
-        raise UserError(f"data.path: {cfg.data.path} does not exist (make shards with `flowergan data shard` "
-                        "or `flowergan data synth`)")
+    # Pre-flight of the data as rank 0 will see it (manifest, resolution, shards per reader): a bad path fails
+    # here in a second instead of in every worker, max_failures times over. Cached streams are checked by the
+    # workers themselves (their memory, not the driver's, is what counts).
+    from flowergan.data import build_stream, read_manifest
+
+    if cfg.data.cache == "none":
+        build_stream(cfg.data, batch_size=cfg.train.batch_size // cfg.cluster.workers,
+                     resolution=cfg.model.resolution, rank=0, world_size=cfg.cluster.workers, seed=cfg.train.seed)
+    else:
+        read_manifest(cfg.data.path)
     return in_storage
 
 
