@@ -41,17 +41,35 @@ from flowergan.data.png import decode_png_batch
 from flowergan.data.shards import MAKE_HINT, read_manifest, shard_url
 from flowergan.errors import UserError
 
-_FSSPEC_SCHEMES = ("s3", "s3a", "gcs", "gs", "az", "abfs", "abfss", "memory", "hf", "http", "https")
+
+class _PipeReader:
+    """stdout of a `pipe:` command as a readable file; closing it early stops the command."""
+
+    def __init__(self, command: str):
+        import subprocess
+
+        self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE)
+        self.read = self.proc.stdout.read
+
+    def close(self) -> None:
+        self.proc.stdout.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def _open_url(url: str):
-    """Open a shard for reading: local path, file://, pipe:, or any fsspec URL."""
-    import webdataset as wds
+    """Open a shard for reading: local path, file://, pipe: command, or any fsspec URL.
 
-    if url.startswith("pipe:") or "://" not in url:
-        return wds.gopen(url, "rb")
+    Deliberately without webdataset: the GPU machines ship torch but not webdataset, and training must still read
+    shards there (webdataset is needed only to write and verify them).
+    """
+    if url.startswith("pipe:"):
+        return _PipeReader(url[len("pipe:"):])
     if url.startswith("file://"):
         return open(url[len("file://"):], "rb")
+    if "://" not in url:
+        return open(url, "rb")
     import fsspec
 
     try:
@@ -59,6 +77,19 @@ def _open_url(url: str):
     except ImportError as e:
         scheme = url.split("://", 1)[0]
         raise UserError(f"{url}: reading {scheme}:// needs an fsspec plugin ({e})") from None
+
+
+def _shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Iterator:
+    """WebDataset-style buffer shuffle: keep `bufsize` items, emit a random one per new item, then the rest."""
+    buf: list = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= bufsize:
+            k = rng.randrange(len(buf))
+            buf[k], buf[-1] = buf[-1], buf[k]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
 
 
 @dataclass(frozen=True)
@@ -144,10 +175,8 @@ class Plan:
         if self.shuffle_buffer <= 1:
             yield from read()
             return
-        import webdataset as wds
-
         rng = random.Random(f"{self.seed}:{self.rank}:{self.world_size}:{self.workers}:{epoch}:{v}")
-        yield from wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(read())
+        yield from _shuffled(read(), self.shuffle_buffer, rng)
 
     def decode(self, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         """A list of raw samples -> (uint8 [B, R, R, 3], int64 [B]); a wrong size is a clear error."""
