@@ -183,7 +183,7 @@ def _oxford17(root: Path, base: Path) -> Source:
 def _folders(root: Path, base: Path) -> Source:
     classes, items = [], []
     listing = _Listing()
-    for f in sorted(p for p in root.iterdir() if p.is_file() or p.is_symlink()):
+    for f in sorted(p for p in root.iterdir() if not p.is_dir()):
         rel = f.relative_to(base).as_posix()
         if not _visible(f.name):
             listing.ignored.append((rel, "hidden file or folder"))
