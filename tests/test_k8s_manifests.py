@@ -177,6 +177,7 @@ def check_rayjob(job: dict[str, Any]) -> None:
     assert spec.get("ttlSecondsAfterFinished", 0) > 0, "ttlSecondsAfterFinished must be > 0"
     rc = spec["rayClusterSpec"]
     assert rc["rayVersion"] == dockerfile_arg("RAY_VERSION"), "rayVersion differs from the Dockerfile's RAY_VERSION"
+    assert rc.get("authOptions", {}).get("mode") == "token", "the head must require a token (authOptions.mode)"
     head = rc["headGroupSpec"]["template"]["spec"]
     assert all(GPU not in c.get("resources", {}).get("limits", {}) for c in containers(head)), "head has a GPU"
     argv = shlex.split(spec["entrypoint"])
@@ -273,10 +274,14 @@ def _ray_version(job):
     job["spec"]["rayClusterSpec"]["rayVersion"] = "2.9.0"
 
 
+def _no_auth(job):
+    del job["spec"]["rayClusterSpec"]["authOptions"]
+
+
 @pytest.mark.parametrize("breakage, check", [
     (_break_replicas, check_schema), (_break_type, check_schema), (_drop_limits, check_pod_rules),
     (_inline_secret, check_pod_rules), (_root, check_pod_rules), (_no_toleration, check_rayjob),
-    (_more_workers, check_rayjob), (_ray_version, check_rayjob),
+    (_more_workers, check_rayjob), (_ray_version, check_rayjob), (_no_auth, check_rayjob),
 ], ids=lambda x: getattr(x, "__name__", ""))
 def test_checks_catch_a_broken_rayjob(breakage, check) -> None:
     job = copy.deepcopy(rayjob())

@@ -50,15 +50,26 @@ def _absolute(path: str) -> str:
     return path if not path or _is_uri(path) else str(Path(path).expanduser().resolve())
 
 
+def _remote_driver(cfg: Config) -> bool:
+    """Ray Client (ray://): this process is not on the cluster, so its files are not the workers' files."""
+    return cfg.cluster.address.startswith("ray://")
+
+
 def resolve_paths(cfg: Config) -> Config:
     """A copy of `cfg` with local paths made absolute and `cluster.name`/`storage_path` filled in."""
     cfg = from_dict(cfg.to_dict())
-    cfg.log.run_dir = _absolute(cfg.log.run_dir)
-    cfg.data.path = _absolute(cfg.data.path)
-    cfg.eval.data = _absolute(cfg.eval.data)
-    cfg.eval.inception_weights = _absolute(cfg.eval.inception_weights)
     cfg.cluster.name = cfg.cluster.name or Path(cfg.log.run_dir).name or "flowergan"
-    cfg.cluster.storage_path = _absolute(cfg.cluster.storage_path or cfg.log.run_dir)
+    cfg.cluster.storage_path = cfg.cluster.storage_path or cfg.log.run_dir
+    fields = {"log.run_dir": cfg.log, "data.path": cfg.data, "eval.data": cfg.eval,
+              "eval.inception_weights": cfg.eval, "cluster.storage_path": cfg.cluster}
+    for name, section in fields.items():
+        key = name.split(".", 1)[1]
+        value = getattr(section, key)
+        if not _remote_driver(cfg):
+            setattr(section, key, _absolute(value))
+        elif value and not _is_uri(value) and not value.startswith("/"):
+            raise UserError(f"{name}: {value!r} is relative, but with a ray:// address it is read on the cluster; "
+                            "give an absolute path as the cluster's pods see it (or an s3:// / gs:// URI)")
     return cfg
 
 
@@ -118,7 +129,8 @@ def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
     """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's final metrics."""
     cfg = resolve_paths(cfg)
     cc = cfg.cluster
-    in_storage = _check_launch(cfg, resume)
+    # Through Ray Client the driver's files are not the cluster's: storage and data are checked by the workers.
+    in_storage = _check_launch(cfg, resume) if not _remote_driver(cfg) else []
     use_gpu = cc.gpus_per_worker > 0
     resources = {"CPU": cc.cpus_per_worker, **({"GPU": cc.gpus_per_worker} if use_gpu else {})}
 
@@ -127,7 +139,10 @@ def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
         ray.init(address=cc.address or None, log_to_driver=True)
     try:
         where = f"{cc.storage_path.rstrip('/')}/{cc.name}"
-        note = f"resuming from {in_storage[-1]}" if in_storage else "no checkpoint there yet"
+        if _remote_driver(cfg):
+            note = "the workers look for checkpoints there"
+        else:
+            note = f"resuming from {in_storage[-1]}" if in_storage else "no checkpoint there yet"
         print(f"Ray Train: {cc.workers} worker(s) x {resources}, run '{cc.name}' in {where} ({note})", flush=True)
         trainer = TorchTrainer(
             _train_worker,
