@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from flowergan_eval import diversity as DV
 from flowergan_eval import metrics as M
 

@@ -105,8 +105,9 @@ class InceptionExtractor:
     @property
     def name(self) -> str:
         """What produced the features, for every reported number."""
-        tag = "tf-inception-2015-12-05" if self.official else f"inception-v3-compat[custom weights {self.weights_sha256[:12]}]"
-        return f"{tag} pool3-2048"
+        if self.official:
+            return "tf-inception-2015-12-05 pool3-2048"
+        return f"inception-v3-compat[custom weights {self.weights_sha256[:12]}] pool3-2048"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ biased by N and numbers at different N must not be compared.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,35 +59,45 @@ def fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 
 
 # ---------------------------------------------------------------- KID
-def _poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD² with the cubic polynomial kernel k(a, b) = (a·b / D + 1)³ (Bińkowski et al. 2018)."""
-    m, d = x.shape
-    k_xx = (x @ x.T / d + 1) ** 3
-    k_yy = (y @ y.T / d + 1) ** 3
-    k_xy = (x @ y.T / d + 1) ** 3
-    sum_xx = k_xx.sum() - np.trace(k_xx)  # off-diagonal terms only: that is what makes it unbiased
-    sum_yy = k_yy.sum() - np.trace(k_yy)
-    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+_FULL_KERNEL_MAX = 3 * 4096**2  # kernel entries (float64) worth precomputing once instead of per subset
 
 
 def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-        seed: int = SHUFFLE_SEED) -> tuple[float, float, int]:
+        seed: int = SHUFFLE_SEED, device: str | torch.device | None = None) -> tuple[float, float, int]:
     """Kernel Inception Distance: mean and std of unbiased MMD² over random subsets, and the subset size used.
 
-    The subset size is capped at the smaller sample, so KID works with a few hundred images.
+    Cubic polynomial kernel k(a, b) = (a·b / D + 1)³ (Bińkowski et al. 2018). The subset size is capped at
+    the smaller sample, so KID works with a few hundred images. Computed in float64 on `device`.
     """
-    n1, n2 = len(f1), len(f2)
+    x = torch.as_tensor(np.asarray(f1), dtype=torch.float64, device=device)
+    y = torch.as_tensor(np.asarray(f2), dtype=torch.float64, device=device)
+    n1, n2, d = len(x), len(y), x.shape[1]
     m = min(subset_size, n1, n2)
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples on each side, got {n1} and {n2}")
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a @ b.T / d + 1) ** 3
+
+    # Small sets: every kernel entry once, then subsets are index lookups (100x fewer matmuls).
+    full = n1 * n1 + n2 * n2 + n1 * n2 <= _FULL_KERNEL_MAX
+    if full:
+        k_xx_all, k_yy_all, k_xy_all = kernel(x, x), kernel(y, y), kernel(x, y)
     rng = np.random.RandomState(seed)
-    mmds = np.zeros(subsets)
+    mmds = torch.zeros(subsets, dtype=torch.float64, device=x.device)
     for i in range(subsets):
         # Same draw order as torch-fidelity (first sample, then second), so equal seeds give equal subsets.
-        a = f1[rng.choice(n1, m, replace=False)]
-        b = f2[rng.choice(n2, m, replace=False)]
-        mmds[i] = _poly_mmd2_unbiased(a, b)
-    return float(mmds.mean()), float(mmds.std()), m
+        a = torch.from_numpy(rng.choice(n1, m, replace=False)).to(x.device)
+        b = torch.from_numpy(rng.choice(n2, m, replace=False)).to(x.device)
+        if full:
+            k_xx, k_yy, k_xy = k_xx_all[a][:, a], k_yy_all[b][:, b], k_xy_all[a][:, b]
+        else:
+            k_xx, k_yy, k_xy = kernel(x[a], x[a]), kernel(y[b], y[b]), kernel(x[a], y[b])
+        # Off-diagonal sums only: dropping k(a, a) is what makes the estimate unbiased.
+        off = k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()
+        mmds[i] = off / (m * (m - 1)) - 2 * k_xy.sum() / (m * m)
+    values = mmds.cpu().numpy()
+    return float(values.mean()), float(values.std()), m
 
 
 # ---------------------------------------------------------------- IS
@@ -99,12 +110,15 @@ def inception_score(logits: np.ndarray | torch.Tensor, splits: int = IS_SPLITS,
         raise ValueError(f"Inception Score with {splits} splits needs at least {splits} samples, got {n}")
     if seed is not None:  # shuffled once so that splits are not ordered by generation batch
         t = t[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
-    p, log_p = t.softmax(dim=1), t.log_softmax(dim=1)
+    log_p = t.log_softmax(dim=1)
+    p = log_p.exp()
     scores = []
     for i in range(splits):
         lo, hi = i * n // splits, (i + 1) * n // splits
-        q = p[lo:hi].mean(dim=0, keepdim=True)
-        kl = (p[lo:hi] * (log_p[lo:hi] - q.log())).sum(dim=1).mean()
+        # log of the split's marginal p(y), taken in log space: q.log() of an underflowed class would be
+        # -inf and turn 0 * inf into NaN (what torch-fidelity returns for very confident logits).
+        log_q = torch.logsumexp(log_p[lo:hi], dim=0, keepdim=True) - math.log(hi - lo)
+        kl = (p[lo:hi] * (log_p[lo:hi] - log_q)).sum(dim=1).mean()
         scores.append(float(kl.exp()))
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -181,11 +195,16 @@ REGISTRY: dict[str, Metric] = {
 }
 
 
+def count_suffix(n: int) -> str:
+    """The sample count as metric names carry it: 10000 -> '10k', 500 -> '500'."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
 def metric_name(base: str, n: int) -> str:
     """Name with its sample count: ('fid', 10000) -> 'fid10k', ('kid', 500) -> 'kid500'."""
     if base not in REGISTRY:
         raise KeyError(f"unknown metric {base!r}; known: {', '.join(REGISTRY)}")
-    return f"{base}{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{base}{n}"
+    return base + count_suffix(n)
 
 
 def parse_metric_name(name: str) -> tuple[str, int]:

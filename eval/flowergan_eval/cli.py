@@ -1,0 +1,205 @@
+"""`flowergan-eval`: how good and how diverse a checkpoint's flowers are. Numbers to stdout (a table, or one
+JSON object with --json), progress bars to stderr; a user error is one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flowergan.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Evaluate flowergan checkpoints: FID/KID/IS, precision/recall, mode collapse, latent "
+                       "space, and a self-contained HTML report.")
+oracle_app = typer.Typer(no_args_is_help=True, help="The SynthFlowers mode classifier used by `modes`.")
+app.add_typer(oracle_app, name="oracle")
+
+# Options shared by the commands (Annotated aliases keep each signature one line per option).
+Ckpt = Annotated[str, typer.Option("--ckpt", help="A checkpoint directory, or a run directory (its newest one).")]
+Data = Annotated[str, typer.Option("--data", help="Real shards (folder with manifest.json, or URL) to compare "
+                                                  "with.")]
+N = Annotated[int, typer.Option("--n", help="Generated images (the metric's name carries it: fid10k).")]
+Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
+Raw = Annotated[bool, typer.Option("--raw", help="Evaluate the raw G instead of its EMA (G_ema).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the latents z (the same z on every device).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+Weights = Annotated[str | None, typer.Option("--inception-weights", help="FID Inception weights file (else "
+                                                                         "$FLOWERGAN_INCEPTION_WEIGHTS, the cache, "
+                                                                         "or a verified download).")]
+RefN = Annotated[int, typer.Option("--ref-n", help="Real images in the reference set (0 = all).")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+
+
+def _options(data: str, n: int, batch: int, device: str, raw: bool, seed: int, weights: str | None, ref_n: int,
+             progress: bool):
+    from flowergan_eval.api import Options
+
+    return Options(data=data, n=n, batch=batch, device=device, raw=raw, seed=seed, inception_weights=weights,
+                   ref_n=ref_n, progress=progress)
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    from flowergan_eval.api import to_json
+    from flowergan_eval.ui import print_result
+
+    if as_json:
+        typer.echo(to_json(result))
+    else:
+        print_result(result)
+
+
+@app.command()
+def fid(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+        seed: Seed = 0, json: Json = False, inception_weights: Weights = None, ref_n: RefN = 0,
+        progress: Progress = True) -> None:
+    """Fréchet Inception Distance of n generated images against the real shards (lower is better)."""
+    from flowergan_eval.commands import run_metric
+
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    _emit(run_metric("fid", ckpt, opts), json)
+
+
+@app.command()
+def kid(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+        seed: Seed = 0, json: Json = False, inception_weights: Weights = None, ref_n: RefN = 0,
+        progress: Progress = True) -> None:
+    """Kernel Inception Distance (unbiased; subset size <= N, so it works with few images; lower is better)."""
+    from flowergan_eval.commands import run_metric
+
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    _emit(run_metric("kid", ckpt, opts), json)
+
+
+@app.command("is")
+def inception_score(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
+                    raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
+                    ref_n: RefN = 0, progress: Progress = True) -> None:
+    """Inception Score over 10 splits (higher is better; ImageNet classes, so only a rough guide for flowers)."""
+    from flowergan_eval.commands import run_metric
+
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    _emit(run_metric("is", ckpt, opts), json)
+
+
+@app.command()
+def prdc(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+         seed: Seed = 0, json: Json = False, inception_weights: Weights = None, ref_n: RefN = 0,
+         progress: Progress = True) -> None:
+    """Precision (fidelity), recall (diversity), density and coverage with k = 5 nearest neighbours."""
+    from flowergan_eval.commands import run_metric
+
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    _emit(run_metric("prdc", ckpt, opts), json)
+
+
+@app.command()
+def diversity(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
+              raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
+              ref_n: RefN = 0, progress: Progress = True,
+              pairs: Annotated[int, typer.Option("--pairs", help="Random image pairs for MS-SSIM.")] = 1000) -> None:
+    """Mode collapse: MS-SSIM (generated vs real), NDB + JS over 100 k-means bins, near duplicates, memorisation."""
+    from flowergan_eval.commands import run_diversity
+
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    _emit(run_diversity(ckpt, opts, pairs=pairs), json)
+
+
+@app.command()
+def modes(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+          seed: Seed = 0, json: Json = False, progress: Progress = True,
+          oracle: Annotated[str | None, typer.Option("--oracle", help="Oracle directory (default: the one "
+                                                                      "trained on --data).")] = None,
+          min_count: Annotated[int, typer.Option("--min-count", help="Samples a mode needs to count as covered "
+                                                                     "(0 = 10% of its uniform share, >= 2).")] = 0
+          ) -> None:
+    """SynthFlowers mode coverage: modes covered and KL(generated modes || uniform), read by the oracle."""
+    from flowergan_eval.commands import run_modes
+
+    opts = _options(data, n, batch, device, raw, seed, None, 0, progress)
+    _emit(run_modes(ckpt, opts, oracle_dir=oracle, min_count=min_count), json)
+
+
+@app.command()
+def latent(ckpt: Ckpt, data: Data = "", n: N = 500, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+           seed: Seed = 0, json: Json = False, progress: Progress = True,
+           out: Annotated[Path, typer.Option("--out", help="Folder for the PNG (and GIF) files.")] = Path("latent"),
+           gif: Annotated[bool, typer.Option("--gif", help="Also write the interpolations as a GIF.")] = False
+           ) -> None:
+    """Latent pictures: PCA of z with thumbnails, PCA of D's features (real vs generated), lerp/slerp grids."""
+    from flowergan_eval.commands import run_latent
+
+    opts = _options(data, n, batch, device, raw, seed, None, 0, progress)
+    _emit(run_latent(ckpt, opts, out, gif=gif), json)
+
+
+@app.command()
+def stats(data: Data = "", batch: Batch = 64, device: Device = "auto", json: Json = False,
+          inception_weights: Weights = None, ref_n: RefN = 0, progress: Progress = True,
+          recompute: Annotated[bool, typer.Option("--recompute", help="Ignore the cache and recompute.")] = False
+          ) -> None:
+    """Reference statistics of the real shards, cached by (data fingerprint, resolution, extractor, resize)."""
+    from flowergan_eval.commands import run_stats
+
+    opts = _options(data, 2, batch, device, False, 0, inception_weights, ref_n, progress)
+    _emit(run_stats(opts, recompute=recompute), json)
+
+
+@app.command()
+def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
+           raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
+           ref_n: RefN = 0, progress: Progress = True,
+           out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+           oracle: Annotated[str | None, typer.Option("--oracle", help="Oracle directory for the mode "
+                                                                       "histogram (SynthFlowers).")] = None) -> None:
+    """One self-contained HTML page: grids, loss curves, metrics with provenance, latent plots, modes."""
+    from flowergan_eval.commands import run_report
+
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    _emit(run_report(ckpt, opts, out, oracle_dir=oracle), json)
+
+
+@oracle_app.command("train")
+def oracle_train(data: Data = "", json: Json = False, progress: Progress = True,
+                 out: Annotated[Path | None, typer.Option("--out", help="Where to save it (default: the cache, "
+                                                                        "keyed by the data fingerprint).")] = None,
+                 epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 40,
+                 seed: Seed = 0) -> None:
+    """Train the mode classifier on SynthFlowers shards; reports its held-out accuracy (needs >= 99 %)."""
+    from flowergan_eval.commands import run_oracle_train
+
+    result = run_oracle_train(data, out=out, epochs=epochs, seed=seed, show_progress=progress)
+    _emit(result, json)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point (errors as in `flowergan`: one line, exit 2)."""
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click's usage errors (bad option, missing argument)
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

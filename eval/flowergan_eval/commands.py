@@ -1,0 +1,277 @@
+"""What each flowergan-eval command computes, as functions that return one result dict.
+
+A result holds `metrics` (name -> number), `provenance` (N, checkpoint, reference set, extractor, resize),
+`notes` (what a number means) and `messages`; cli.py prints it as a table or as one JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowergan.errors import UserError
+from flowergan_eval import features as FT
+from flowergan_eval import latent as L
+from flowergan_eval import metrics as M
+from flowergan_eval import oracle as O
+from flowergan_eval.api import Evaluation, Options, _has_ema
+from flowergan_eval.ui import progress
+
+
+def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
+    """fid, kid, is or prdc of n generated images."""
+    metric = M.REGISTRY[base]
+    if metric.needs_real and not opts.data:
+        raise UserError(f"{base} compares with real images: pass --data SHARDS")
+    with progress(opts.progress) as bar:
+        ev = Evaluation(ckpt, opts, bar=bar)
+        values = ev.metrics([base])
+        prov = ev.provenance(with_reference=metric.needs_real)
+    return {"command": base, "metrics": values, "provenance": prov, "notes": notes_for(values)}
+
+
+NOTES = {
+    "prdc/precision": "share of generated samples inside the real manifold (fidelity)",
+    "prdc/recall": "share of real samples inside the generated manifold (diversity)",
+    "prdc/density": "how many real k-NN balls hold a generated sample, / k (about 1 when distributions match)",
+    "prdc/coverage": "share of real samples with a generated sample in their k-NN ball (mode coverage)",
+    "kid/std": "std of KID over the random subsets",
+    "kid/subset_size": "images per KID subset (capped at N)",
+    "is/std": "std of IS over the 10 splits",
+    "ms_ssim/generated": "mean MS-SSIM of random generated pairs; well above the real figure = look-alike samples",
+    "ms_ssim/real": "the same for real images: the diversity to aim for",
+    "ndb/ndb": "k-means bins whose generated share differs from the real share (alpha 0.05)",
+    "ndb/ndb_over_k": "the same as a share of the bins; 0 is ideal",
+    "ndb/js": "JS divergence (bits) of the bin histograms; 0 = same",
+    "near_dup/rate": "samples with a generated neighbour closer than real images' 1st-percentile NN distance",
+    "memorisation/nn_ratio": "median NN distance to training images / real images' own; << 1 = copying",
+    "memorisation/nn_dist_median": "median Inception distance of a sample to its nearest training image",
+    "modes/covered": "modes with enough samples, read by the SynthFlowers oracle",
+    "modes/kl_uniform": "KL(generated mode distribution || uniform) in nats; 0 = all modes equally often",
+    **{base: m.doc for base, m in M.REGISTRY.items()},
+}
+
+
+def notes_for(names) -> dict[str, str]:
+    """What each reported number means ('kid1k/std' -> the note of 'kid/std')."""
+    out = {}
+    for name in names:
+        key = re.sub(r"^([a-z_]+?)\d+k?(?=/|$)", r"\1", name)
+        if key in NOTES:
+            out[name] = NOTES[key]
+    return out
+
+
+def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]:
+    """The mode-collapse measures."""
+    if not opts.data:
+        raise UserError("diversity compares with real images: pass --data SHARDS")
+    with progress(opts.progress) as bar:
+        ev = Evaluation(ckpt, opts, bar=bar)
+        out = ev.diversity(n_pairs=pairs)
+        prov = ev.provenance()
+    notes = notes_for(out["metrics"])
+    d = out["details"]
+    closest = [{"generated": g, "train": t, "distance": dist} for g, t, dist in d["closest"]]
+    return {"command": "diversity", "metrics": out["metrics"], "provenance": prov, "notes": notes,
+            "details": {**{k: v for k, v in d.items() if k != "closest"}, "closest": closest}}
+
+
+def _load_oracle(ev: Evaluation, oracle_dir: str | None) -> tuple[O.Oracle, dict[str, Any], Path]:
+    if oracle_dir:
+        path = Path(oracle_dir)
+    elif ev.real is not None:
+        path = O.default_dir(ev.real)
+        if not (path / "oracle.json").is_file():
+            raise UserError(f"no oracle trained on {ev.real.path} yet: run `flowergan-eval oracle train --data "
+                            f"{ev.real.path}` (or pass --oracle DIR)")
+    else:
+        raise UserError("modes needs the oracle: pass --data SYNTH_SHARDS (its trained oracle) or --oracle DIR")
+    model, info = O.load(path)
+    return model, info, path
+
+
+def mode_counts(ev: Evaluation, oracle_dir: str | None, min_count: int) -> dict[str, Any]:
+    """Oracle-read modes of the n generated images (shared by `modes` and `report`)."""
+    model, info, path = _load_oracle(ev, oracle_dir)
+    pred = model.predict(ev.fake_images).numpy()
+    k = int(info["num_modes"])
+    threshold = min_count or O.default_min_count(ev.opts.n, k)
+    stats = O.mode_stats(pred, k, threshold)
+    stats.update(oracle=str(path), oracle_accuracy=info["accuracy"], classes=info.get("classes"))
+    return stats
+
+
+def run_modes(ckpt: str, opts: Options, oracle_dir: str | None = None, min_count: int = 0) -> dict[str, Any]:
+    """Modes covered and KL to uniform, for a G trained on SynthFlowers."""
+    with progress(opts.progress) as bar:
+        ev = Evaluation(ckpt, opts, bar=bar)
+        s = mode_counts(ev, oracle_dir, min_count)
+    n_suffix = M.count_suffix(opts.n)
+    prov = {**ev.provenance(with_reference=False, with_extractor=False), "oracle": s["oracle"],
+            "oracle_accuracy": s["oracle_accuracy"], "min_count": s["min_count"]}
+    metrics = {f"modes{n_suffix}/covered": s["covered"], f"modes{n_suffix}/of": s["num_modes"],
+               f"modes{n_suffix}/kl_uniform": s["kl_uniform"]}
+    notes = {f"modes{n_suffix}/covered": f"modes with >= {s['min_count']} of the samples (oracle accuracy "
+                                         f"{s['oracle_accuracy']:.2%})",
+             f"modes{n_suffix}/kl_uniform": "KL(generated mode distribution || uniform) in nats; 0 = all modes "
+                                            "equally often"}
+    return {"command": "modes", "metrics": metrics, "provenance": prov, "notes": notes,
+            "counts": dict(zip(s["classes"] or [str(i) for i in range(s["num_modes"])], s["counts"]))}
+
+
+# ---------------------------------------------------------------- pictures
+def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps: int = 10,
+                    with_gif: bool = False) -> dict[str, bytes]:
+    """PNG (and GIF) bytes of the latent PCA, D-feature PCA, and lerp/slerp interpolation grids."""
+    G = ev._G()
+    pics: dict[str, bytes] = {}
+    m = min(ev.opts.n, 500)
+    pics["latent_pca.png"] = L.latent_pca_png(ev.z[:m].numpy(), ev.fake_images[:m], max_thumbs=thumbs)
+    if ev.real is not None:
+        from flowergan.train.checkpoint import load_discriminator
+
+        D, _ = load_discriminator(ev.ckpt, device=ev.device)
+        real_x = ev.real_images[0] if "real_images" in ev.__dict__ else _first_real(ev, m)
+        pics["d_features_pca.png"] = L.d_features_pca_png(FT.d_features(D, real_x[:m], device=ev.device),
+                                                          FT.d_features(D, ev.fake_images[:m], device=ev.device))
+    for mode in ("lerp", "slerp"):
+        z = L.interpolation_latents(ev.nz, pairs, steps, ev.opts.seed, mode)
+        images = torch.cat([x.cpu() for x in FT.generate(G, z, batch=ev.opts.batch, device=ev.device)])
+        pics[f"interp_{mode}.png"] = L.grid_png(images, nrow=steps)
+        if with_gif and mode == "slerp":
+            frames = [L.grid_tensor(images[t::steps], nrow=pairs) for t in range(steps)]
+            pics["interp_slerp.gif"] = L.gif_bytes(frames)
+    return pics
+
+
+def _first_real(ev: Evaluation, m: int) -> torch.Tensor:
+    from flowergan_eval.real import load_real
+
+    return load_real(ev.require_real(), m)[0]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def run_latent(ckpt: str, opts: Options, out: Path, gif: bool = False) -> dict[str, Any]:
+    """Write the latent pictures into `out`."""
+    with progress(opts.progress) as bar:
+        ev = Evaluation(ckpt, opts, bar=bar)
+        pics = latent_pictures(ev, with_gif=gif)
+    for name, data in pics.items():
+        _write_atomic(out / name, data)
+    messages = [f"wrote {out / name}" for name in pics]
+    if ev.real is None:
+        messages.append("no --data: the PCA of D's features (real vs generated) needs real images")
+    return {"command": "latent", "metrics": {}, "provenance": ev.provenance(with_reference=False,
+                                                                             with_extractor=False),
+            "files": [str(out / name) for name in pics], "messages": messages}
+
+
+def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
+    """Compute (or find) the cached reference statistics of --data."""
+    from flowergan_eval import stats as S
+
+    with progress(opts.progress) as bar:
+        ev = Evaluation(None, opts, bar=bar)
+        real = ev.require_real()
+        ref = S.reference(real, ev.extractor, n=opts.ref_n, batch=opts.batch, progress=bar, recompute=recompute)
+    prov = {"n": ref.n, "reference": {**real.describe(), "n": ref.n, "cached": ref.cached,
+                                      "skipped": ref.meta.get("skipped", 0)},
+            "extractor": ev.extractor.name, "resize": ref.meta.get("resize")}
+    where = str(ref.path) if ref.path else "(not cached: the manifest has no fingerprint)"
+    return {"command": "stats", "metrics": {"real_images": ref.n, "feature_dim": int(ref.pool.shape[1])},
+            "provenance": prov, "path": str(ref.path) if ref.path else None, "key": ref.meta.get("key"),
+            "messages": [f"statistics {'reused from' if ref.cached else 'written to'} {where}"]}
+
+
+def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, show_progress: bool = True
+                     ) -> dict[str, Any]:
+    """Train and save the SynthFlowers oracle; `ok` says whether it reached 99 % held-out accuracy."""
+    from flowergan_eval.real import open_real
+
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: must be >= 1")
+    real = open_real(data)
+    with progress(show_progress) as bar:
+        model, info = O.train(real, epochs=epochs, seed=seed, progress=bar)
+    path = O.save(model, info, out or O.default_dir(real))
+    ok = info["accuracy"] >= O.MIN_ACCURACY
+    verdict = ("fit for `flowergan-eval modes`" if ok else "BELOW 99 %: mode counts would be unreliable; train on "
+               "more images (`flowergan data synth --n 8192`) or more --epochs")
+    return {"command": "oracle train", "ok": ok,
+            "metrics": {"accuracy": info["accuracy"], "worst_mode_accuracy": info["worst_mode_accuracy"]},
+            "provenance": {"n": info["n_test"], "reference": {**real.describe(), "n": info["n_train"]}},
+            "notes": {"accuracy": f"held-out images classified correctly ({verdict})",
+                      "worst_mode_accuracy": "the same, for the hardest mode"},
+            "path": str(path), "oracle": {k: v for k, v in info.items() if k != "classes"},
+            "messages": [f"oracle saved to {path}"]}
+
+
+def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
+    """Compute everything and write one self-contained HTML page."""
+    from flowergan.train.checkpoint import load_generator
+    from flowergan_eval import report as R
+
+    if not opts.data:
+        raise UserError("report compares with real images: pass --data SHARDS")
+    sections: dict[str, Any] = {}
+    with progress(opts.progress) as bar:
+        ev = Evaluation(ckpt, opts, bar=bar)
+        metrics = ev.metrics(["fid", "kid", "is", "prdc"])
+        div = ev.diversity(n_pairs=500)
+        metrics.update(div["metrics"])
+        prov = ev.provenance()
+        # Grids: the evaluated G and the other one of the checkpoint (EMA / raw) on the same z, next to real images.
+        grid_n = min(64, opts.n)
+        grids = {"G_ema" if ev.generator_name == "G_ema" else "G (raw)": L.grid_png(ev.fake_images[:grid_n], nrow=8)}
+        if _has_ema(ev.ckpt):
+            other_is_ema = ev.generator_name != "G_ema"
+            other, _ = load_generator(ev.ckpt, ema=other_is_ema, device=ev.device)
+            images = torch.cat([x.cpu() for x in FT.generate(other, ev.z[:grid_n], batch=opts.batch,
+                                                             device=ev.device)])
+            grids["G_ema" if other_is_ema else "G (raw)"] = L.grid_png(images, nrow=8)
+        real_x = ev.real_images[0]
+        grids["real"] = L.grid_png(real_x[:grid_n], nrow=8)
+        sections["grids"] = grids
+        sections["latent"] = latent_pictures(ev, with_gif=True)
+        closest = div["details"]["closest"]
+        sections["closest"] = [(L.grid_png(ev.fake_images[g:g + 1], nrow=1), L.grid_png(real_x[t:t + 1], nrow=1),
+                                dist) for g, t, dist in closest]
+        if ev.real is not None and ev.real.kind == "synthflowers":
+            try:
+                s = mode_counts(ev, oracle_dir, 0)
+                names = s["classes"] or [str(i) for i in range(s["num_modes"])]
+                sections["modes"] = {"png": L.histogram_png(s["counts"], names, f"Generated samples per mode "
+                                                            f"(N={opts.n}, oracle accuracy "
+                                                            f"{s['oracle_accuracy']:.2%})", s["min_count"]),
+                                     "covered": s["covered"], "of": s["num_modes"], "kl": s["kl_uniform"]}
+                metrics[f"modes{M.count_suffix(opts.n)}/covered"] = s["covered"]
+                metrics[f"modes{M.count_suffix(opts.n)}/kl_uniform"] = s["kl_uniform"]
+            except UserError as e:
+                sections["modes"] = {"missing": str(e)}
+    run_dir = ev.ckpt.parent.parent if ev.ckpt.parent.name == "checkpoints" else ev.ckpt.parent
+    scalars = R.read_scalars(run_dir)
+    sections["losses"] = R.loss_curves_png(scalars) if scalars else None
+    sections["scalars_source"] = R.scalars_source(run_dir)
+    notes = notes_for(metrics)
+    html = R.render(title=f"flowergan report: {ev.ckpt}", metrics=metrics, notes=notes, provenance=prov,
+                    sections=sections, state=ev.state)
+    _write_atomic(out, html.encode())
+    return {"command": "report", "metrics": metrics, "provenance": prov, "notes": notes, "path": str(out),
+            "messages": [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)"]}
+

@@ -1,0 +1,105 @@
+"""Reference statistics of real images, cached on disk and in memory.
+
+The cache key hashes everything the numbers depend on: the manifest fingerprint (sha256 of every shard),
+the resolution, the extractor's weights (sha256), the resize mode and the number of images. A cache file
+is written to a temporary name and renamed with os.replace, so a crash or a parallel writer never leaves a
+half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowergan_eval import features as FT
+from flowergan_eval import metrics as M
+from flowergan_eval.real import RealSet, count, iter_real
+from flowergan_eval.weights import cache_dir
+
+STATS_VERSION = 1
+_MEMORY: dict[str, Reference] = {}
+
+
+@dataclass
+class Reference:
+    """Features and FID statistics of the real images, with where they came from."""
+
+    pool: np.ndarray  # [N, 2048] float32 (KID, PRDC and the diversity measures need the features themselves)
+    mu: np.ndarray
+    sigma: np.ndarray
+    meta: dict[str, Any]
+    path: Path | None = None
+    cached: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.pool)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"pool": self.pool, "mu": self.mu, "sigma": self.sigma}
+
+
+def cache_key(fingerprint: str, resolution: int, weights_sha256: str, resize: str, n: int) -> str:
+    """Hash of everything reference statistics depend on."""
+    text = json.dumps({"v": STATS_VERSION, "data": fingerprint, "resolution": resolution,
+                       "extractor": weights_sha256, "resize": resize, "n": n}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def stats_path(key: str) -> Path:
+    return cache_dir() / "stats" / f"ref-{key}.npz"
+
+
+def _save(path: Path, ref: Reference) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, pool=ref.pool, mu=ref.mu, sigma=ref.sigma, meta=np.array(json.dumps(ref.meta)))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _load(path: Path) -> Reference | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Reference(z["pool"], z["mu"], z["sigma"], json.loads(str(z["meta"])), path=path, cached=True)
+    except (OSError, ValueError, KeyError):  # unreadable or from an older layout: recompute
+        return None
+
+
+def reference(real: RealSet, extractor: FT.InceptionExtractor, *, n: int = 0, batch: int = 64,
+              progress=None, use_cache: bool = True, recompute: bool = False) -> Reference:
+    """Features and statistics of the first `n` real images (0 = all), from the cache when possible."""
+    n_used = count(real, n)
+    key = cache_key(real.fingerprint, real.resolution, extractor.weights_sha256, FT.RESIZE_MODE, n_used)
+    path = stats_path(key)
+    if use_cache and not recompute:
+        if key in _MEMORY:
+            return _MEMORY[key]
+        if real.fingerprint and path.is_file():
+            ref = _load(path)
+            if ref is not None:
+                _MEMORY[key] = ref
+                return ref
+    feats = FT.extract(extractor, (x for x, _ in iter_real(real, n=n_used, batch=batch)), n_used,
+                       progress=progress, description="real features")
+    mu, sigma = M.feature_stats(feats.pool)
+    meta = {**real.describe(), "n": len(feats), "skipped": len(real.skipped), "extractor": extractor.name,
+            "weights_sha256": extractor.weights_sha256, "resize": f"{FT.RESIZE_MODE} {real.resolution}->"
+            f"{FT.INPUT_SIZE}", "key": key}
+    ref = Reference(feats.pool, mu, sigma, meta, path=None, cached=False)
+    # Without a fingerprint (a hand-made manifest) the contents are unknown, so nothing is cached.
+    if use_cache and real.fingerprint:
+        _save(path, ref)
+        ref.path = path
+        _MEMORY[key] = ref
+    return ref
