@@ -303,7 +303,10 @@ class Stream:
         else:
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=None, num_workers=self.loader_workers, pin_memory=on_cuda,
-                prefetch_factor=4, worker_init_fn=_worker_init, persistent_workers=False)
+                prefetch_factor=4, worker_init_fn=_worker_init, persistent_workers=False,
+                # Its own generator: starting workers must not draw from the global RNG, which the training
+                # loop's noise uses and a checkpoint restores (else a resumed run drifts by one draw).
+                generator=torch.Generator())
             batches = iter(loader)
         expected = start
         for j, x, labels in _reraise_plainly(batches):
