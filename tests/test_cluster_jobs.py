@@ -100,7 +100,8 @@ def ray_head():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",  # the image has the console scripts on PATH
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),  # what KubeRay injects
            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no preemptible nodes here; one actor fewer
-           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}  # 2 busy cores start workers slowly
+           "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",  # 2 busy cores start workers slowly
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}  # register reports sooner: the relaunch test waits on one
     env.pop("RAY_ADDRESS", None)
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
@@ -198,7 +199,7 @@ def test_rayjob_entrypoint_runs_via_ray_job_submit(ray_head, shards: Path, tmp_p
 def test_relaunched_driver_resumes_from_storage(ray_head, shards: Path, tmp_path: Path) -> None:
     """A driver killed mid-run and started again with the same name continues from the newest stored
     checkpoint (what a RayJob retry after a lost head does), and finishes at the target step."""
-    storage, run, steps = tmp_path / "storage", tmp_path / "run", 120
+    storage, run, steps = tmp_path / "storage", tmp_path / "run", 150
     cmd = [str(BIN / "flowergan"), "train", "--config", str(ROOT / "jobs" / "smoke.toml"), "--ray",
            "--address", ray_head["gcs"], "--run-dir", str(run), "--set", f"data.path={shards}",
            "--set", f"cluster.storage_path={storage}", "--set", "cluster.name=relaunch", *SMOKE,
