@@ -177,6 +177,8 @@ def test_launch_errors_are_one_line_before_ray_starts(shards: Path, tmp_path: Pa
         run_ray(_config(tmp_path, shards, "model.resolution=128"), resume=False)
     with pytest.raises(UserError, match="shards"):  # 8 shards cannot feed 2 ranks x 5 loader processes
         run_ray(_config(tmp_path, shards, "data.workers=5"), resume=False)
+    with pytest.raises(UserError, match="--gpus-per-worker 1"):
+        run_ray(_config(tmp_path, shards, "train.device=cuda"), resume=False)
     # Through Ray Client the paths are the cluster's: a relative one cannot mean anything there.
     with pytest.raises(UserError, match="log.run_dir: 'runs/x' is relative"):
         run_ray(_config(tmp_path, shards, "cluster.address=ray://127.0.0.1:10001", "log.run_dir=runs/x"),

@@ -125,8 +125,23 @@ def _worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
 
 
+def _check_devices(cfg: Config) -> None:
+    gpus, device = cfg.cluster.gpus_per_worker, cfg.train.device
+    if device == "cuda" and gpus == 0:
+        raise UserError("train.device is 'cuda' but cluster.gpus_per_worker is 0: pass --gpus-per-worker 1")
+    if device == "cpu" and gpus > 0:
+        raise UserError(f"train.device is 'cpu' but each worker reserves {gpus:g} GPU(s): use --device auto, or "
+                        "--gpus-per-worker 0 for CPU workers")
+
+
 def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
-    """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's final metrics."""
+    """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's metrics at the last checkpoint.
+
+    A run whose name already has checkpoints in `cluster.storage_path` always continues from the newest (that
+    is how a retried job resumes). `resume=True` is only needed to continue from checkpoints that exist in
+    `log.run_dir` but not in Ray storage (e.g. a run trained without Ray); without it such a run dir is an error.
+    """
+    _check_devices(cfg)
     cfg = resolve_paths(cfg)
     cc = cfg.cluster
     # Through Ray Client the driver's files are not the cluster's: storage and data are checked by the workers.
@@ -158,7 +173,7 @@ def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as e:
-            raise _explain(e, cc.max_failures) from None
+            raise _explain(e) from None
     finally:
         if started_here:
             ray.shutdown()
@@ -171,7 +186,7 @@ def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
     return metrics
 
 
-def _explain(error: Exception, max_failures: int) -> Exception:
+def _explain(error: Exception) -> Exception:
     """A worker's UserError becomes one line for the CLI; anything else keeps its traceback."""
     failures = getattr(error, "worker_failures", {}) or {}
     for rank, failure in sorted(failures.items()):
@@ -188,8 +203,8 @@ def _explain(error: Exception, max_failures: int) -> Exception:
 
 
 class _DDPModules:
-    """Finds the DDP-wrapped G and D the loop builds (a global forward pre-hook that removes itself), so the
-    worker can prove afterwards that every rank holds the same parameters."""
+    """Finds the DDP-wrapped G and D the loop builds (a global forward pre-hook that removes itself once it has
+    seen both), so every checkpoint report can prove that all ranks hold the same parameters."""
 
     def __init__(self) -> None:
         self.found: list[nn.Module] = []
