@@ -162,6 +162,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -215,7 +218,9 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
                "more images (`flowergan data synth --n 8192`) or more --epochs")
     return {"command": "oracle train", "ok": ok,
             "metrics": {"accuracy": info["accuracy"], "worst_mode_accuracy": info["worst_mode_accuracy"]},
-            "provenance": {"n": info["n_test"], "reference": {**real.describe(), "n": info["n_train"]}},
+            "provenance": {"n": info["n_test"], "trained_on": f"{real.path}: {info['n_train']} images for training, "
+                           f"the last {info['n_test']} (manifest order) held out for the accuracy; "
+                           f"{info['num_modes']} modes, fingerprint {real.fingerprint}"},
             "notes": {"accuracy": f"held-out images classified correctly ({verdict})",
                       "worst_mode_accuracy": "the same, for the hardest mode"},
             "path": str(path), "oracle": {k: v for k, v in info.items() if k != "classes"},

@@ -137,7 +137,7 @@ def load_inception(path: str | None = None, *, device: str | torch.device = "cpu
 def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     """A randomly initialised TF-Inception state dict saved to `path`: a stand-in for tests and benchmarks.
 
-    He-normal convs, then BatchNorm statistics measured on a few smooth random pictures, so activations
+    He-normal convs, then BatchNorm statistics measured on a few varied random pictures, so activations
     stay O(1) and differ between images through all 94 layers (PyTorch's default init shrinks them to
     ~1e-8 and makes every image look alike, which would make every metric degenerate).
     """
@@ -160,13 +160,20 @@ def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
                 m.weight.copy_(1 + 0.1 * torch.randn(m.num_features, generator=g))
                 m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
                 m.momentum = None  # cumulative average: after one batch the running stats are its stats
-        # Calibrate BatchNorm on smooth colour fields (8x8 noise upsampled), one forward in train mode.
-        fields = F.interpolate(torch.rand(8, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic",
-                               align_corners=False)
+        # Calibrate BatchNorm with one train-mode forward over varied pictures (smooth colour fields, pixel
+        # noise, hard-edged blocks) so images of every kind stay in range, not only one kind.
+        smooth = F.interpolate(torch.rand(6, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic",
+                               align_corners=False).clamp(0, 1)
+        noise = torch.rand(4, 3, 64, 64, generator=g)
+        blocks = F.interpolate((torch.rand(4, 3, 16, 16, generator=g) > 0.5).float(), size=(64, 64), mode="nearest")
+        calibration = (torch.cat([smooth, noise, blocks]) * 255).round().to(torch.uint8)
         net.train()
-        net((fields.clamp(0, 1) * 255).to(torch.uint8))
+        pool = net(calibration)[0]
         net.eval()
-        net.fc.weight.copy_(torch.randn(net.fc.weight.shape, generator=g) * 30 / math.sqrt(net.fc.in_features))
+        # Logits that vary by ~3 between those pictures: a softmax neither flat (IS = 1) nor saturated.
+        w = torch.randn(net.fc.weight.shape, generator=g)
+        spread = (pool - pool.mean(dim=0)) @ w.T
+        net.fc.weight.copy_(w * (3.0 / spread.std().clamp_min(1e-12)))
         net.fc.bias.copy_(0.1 * torch.randn(net.fc.bias.shape, generator=g))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,14 @@ def provenance_lines(prov: dict[str, Any]) -> list[str]:
         lines.append(f"reference   {ref.get('data')}: {ref.get('n', ref.get('num_samples'))} real images "
                      f"({ref.get('name')}, {ref.get('resolution')} px, fingerprint {ref.get('fingerprint') or '-'}, "
                      f"{cached})")
+    if "oracle" in prov:
+        lines.append(f"oracle      {prov['oracle']} (held-out accuracy {prov.get('oracle_accuracy', 0):.2%}); a mode "
+                     f"counts as covered with >= {prov.get('min_count')} samples")
+    if "trained_on" in prov:
+        lines.append(f"data        {prov['trained_on']}")
     if "extractor" in prov:
-        lines.append(f"extractor   {prov['extractor']}, resize {prov.get('resize')}, generated images quantised "
-                     "to uint8 as a saved PNG")
+        quantised = ", generated images quantised to uint8 as a saved PNG" if "checkpoint" in prov else ""
+        lines.append(f"extractor   {prov['extractor']}, resize {prov.get('resize')}{quantised}")
     return lines
 
 
