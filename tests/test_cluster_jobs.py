@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,6 +143,7 @@ def ray_head():
         time.sleep(1)
         left = [p for p in _processes_mentioning(temp_dir) if p != os.getpid()]
         assert not left, f"Ray processes left running: {left}"
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _job_processes(head_pid: int) -> list[int]:

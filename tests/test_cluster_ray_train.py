@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,9 @@ def shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def local_ray():
     """One Ray for the module, started in this process and isolated from any other Ray on the machine."""
+    temp_dir = tempfile.mkdtemp(prefix="fgr", dir="/tmp")  # short: unix socket paths are limited
     env = {
-        "RAY_TMPDIR": tempfile.mkdtemp(prefix="fgr", dir="/tmp"),  # short: unix socket paths are limited
+        "RAY_TMPDIR": temp_dir,
         "RAY_AUTH_MODE": "disabled",  # loopback only; do not create ~/.ray/auth_token
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # no preemptible nodes here; one actor fewer to start
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",  # 2 busy cores start workers slowly
@@ -56,6 +58,7 @@ def local_ray():
         yield
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
