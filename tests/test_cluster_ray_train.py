@@ -13,15 +13,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from safetensors.torch import load_file
 
-ray = pytest.importorskip("ray")
-
-from flowergan.config import load_config  # noqa: E402
-from flowergan.models import build_models  # noqa: E402
-from flowergan.train import checkpoint as ckpt_io  # noqa: E402
-from flowergan.train.ray_train import params_digest, run_ray, stored_checkpoints  # noqa: E402
+from flowergan.config import load_config
+from flowergan.models import build_models
+from flowergan.train import checkpoint as ckpt_io
+from flowergan.train.ray_train import params_digest, run_ray, stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent
