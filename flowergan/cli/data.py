@@ -18,6 +18,14 @@ _SHARD_SIZE = typer.Option(0, "--shard-size", help="Max samples per shard (0 = a
 _SEED = typer.Option(0, "--seed", help="Seed of the shuffle across shards (synth: also of the drawings).")
 _FORCE = typer.Option(False, "--force", help="Write into a non-empty folder that holds no flowergan manifest.")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+_DRY_RUN = typer.Option(False, "--dry-run", help="Check the options, print what would be done, write nothing.")
+
+
+def _plan(what: str, **options) -> None:
+    """The --dry-run answer: the options as resolved, one per line."""
+    typer.echo(what)
+    for k, v in options.items():
+        typer.echo(f"  {k:<12} {v}")
 
 
 def _image_options(size: int, fmt: str, quality: int, crop: str, min_size: int):
@@ -47,13 +55,20 @@ def shard(
     workers: int = _WORKERS,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
+    dry_run: bool = _DRY_RUN,
 ) -> None:
     """Turn a folder or archive of images into validated WebDataset shards + manifest.json."""
-    from flowergan.data.build import ShardOptions, shard_source
+    from flowergan.data.build import ShardOptions, check_image_options, shard_source
 
     opts = ShardOptions(image=_image_options(size, fmt, quality, crop, min_size), layout=layout,
                         shard_size=shard_size, seed=seed, workers=workers, name=name,
                         splits=tuple(s.strip() for s in split.split(",") if s.strip()))
+    if dry_run:
+        check_image_options(opts.image)
+        _plan(f"would shard {src} -> {out}", size=size, format=fmt, quality=quality, crop=crop,
+              min_size=min_size, layout=layout, splits=split or "all", shard_size=shard_size or "auto",
+              seed=seed, workers=workers)
+        return
     shard_source(src, out, opts, progress=progress, force=force)
 
 
@@ -67,10 +82,15 @@ def synth(
     workers: int = _WORKERS,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
+    dry_run: bool = _DRY_RUN,
 ) -> None:
     """Write SynthFlowers: procedural flowers with 48 known modes (6 petal counts x 8 hues; the label)."""
     from flowergan.data.synth import write_synthflowers
 
+    if dry_run:
+        _plan(f"would write {n} SynthFlowers to {out}", size=size, seed=seed, shard_size=shard_size or "auto",
+              workers=workers)
+        return
     write_synthflowers(out, n=n, size=size, seed=seed, workers=workers, shard_size=shard_size, progress=progress,
                        force=force)
 
@@ -91,13 +111,25 @@ def fetch(
     workers: int = _WORKERS,
     force: bool = _FORCE,
     progress: bool = _PROGRESS,
+    dry_run: bool = _DRY_RUN,
 ) -> None:
     """Download a public flower data set (checksums verified, resumable), unpack it safely and shard it."""
-    from flowergan.data.build import ShardOptions
+    from flowergan.data.build import ShardOptions, check_image_options
+    from flowergan.data.fetch import DATASETS
     from flowergan.data.fetch import fetch as fetch_dataset
+    from flowergan.errors import UserError
 
     opts = ShardOptions(image=_image_options(size, fmt, quality, "center", 0), shard_size=shard_size, seed=seed,
                         workers=workers, splits=tuple(s.strip() for s in split.split(",") if s.strip()))
+    if dry_run:
+        if dataset not in DATASETS:
+            raise UserError(f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
+        check_image_options(opts.image)
+        files = {f.url.rsplit("/", 1)[1]: (f"{mirror.rstrip('/')}/{f.url.rsplit('/', 1)[1]}" if mirror else f.url)
+                 for f in DATASETS[dataset].files}
+        _plan(f"would fetch {dataset} -> {out}: {DATASETS[dataset].about}", **files, size=size, format=fmt,
+              splits=split or "all", workers=workers)
+        return
     fetch_dataset(dataset, out, options=opts, mirror=mirror or None, keep_downloads=keep_downloads,
                   progress=progress, force=force)
 
