@@ -101,6 +101,7 @@ def test_project_fid_kid_is_equal_torch_fidelitys_calculate_metrics(tmp_path, ev
     assert m == N
     assert ours_fid > 1e-3 and ours_kid > 1e-6 and ours_is > 1.0 + 1e-6  # non-degenerate numbers
     assert ours_fid == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
+    assert M.fid_from_features(fake.pool, ref.pool) == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours_kid == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
     assert ours_is == pytest.approx(theirs["inception_score_mean"], rel=1e-4)
 

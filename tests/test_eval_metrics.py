@@ -53,6 +53,15 @@ def test_fid_stays_real_and_finite_for_near_singular_covariances():
     assert M.fid(mu1, s1, mu2 + 1.0, s2) > value
 
 
+@pytest.mark.parametrize("n1,n2", [(12, 40), (40, 12), (30, 30), (300, 200)])
+def test_fid_from_features_equals_the_covariance_route(n1, n2):
+    a, b = _gauss(n1, 64, 30), _gauss(n2, 64, 31, shift=0.3, scale=1.2)
+    ref = _fid_sqrtm(*M.feature_stats(a), *M.feature_stats(b)) if min(n1, n2) >= 64 else \
+        M.fid(*M.feature_stats(a), *M.feature_stats(b))
+    assert M.fid_from_features(a, b) == pytest.approx(ref, rel=1e-7)
+    assert abs(M.fid_from_features(a, a)) < 1e-9 * M.fid_from_features(a, b)
+
+
 def test_fid_rejects_mismatched_statistics():
     mu, s = M.feature_stats(_gauss(20, 8, 0))
     with pytest.raises(ValueError, match="do not match"):

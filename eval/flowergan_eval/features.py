@@ -95,9 +95,12 @@ class InceptionExtractor:
     def __init__(self, state_dict: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
                  weights_sha256: str = "", fast: bool = True):
         self.device = torch.device(device)
-        net = _build_tf_inception(state_dict)
-        if fast:
-            net = _fold_batchnorm(net).to(memory_format=torch.channels_last)
+        # Building layers draws their (immediately replaced) initial weights from the global RNG; a private fork
+        # keeps the training loop's random stream, and so its bit-identical resume, untouched.
+        with torch.random.fork_rng(devices=[]):
+            net = _build_tf_inception(state_dict)
+            if fast:
+                net = _fold_batchnorm(net).to(memory_format=torch.channels_last)
         self.net = net.to(self.device).eval().requires_grad_(False)
         self.weights_sha256 = weights_sha256
         self.official = weights_sha256 == W.OFFICIAL_SHA256
