@@ -83,7 +83,8 @@ class TrainConfig:
     channels_last: bool = _f(False, "NHWC memory format (faster convolutions on tensor cores)")
     compile: bool = _f(False, "torch.compile G and D")
     ema: bool = _f(True, "keep an exponential moving average of G for samples and evaluation")
-    ema_decay: float = _f(0.999, "EMA decay per step", lo=0.0, hi=1.0)
+    ema_decay: float = _f(0.999, "EMA decay per step, warmed up as min(ema_decay, (1 + step) / (10 + step))",
+                          lo=0.0, hi=1.0)
     diffaugment: str = _f("", "DiffAugment policy, comma-separated from color, translation, cutout ('' = off)")
     device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
     checkpoint_every: int = _f(1000, "steps between checkpoints", lo=1)

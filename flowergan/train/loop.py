@@ -213,7 +213,8 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 zs.append(torch.randn(x.shape[0], cfg.model.nz, device=device))
             out = gan_step(G_train, D_train, opt_g, opt_d, reals, zs, precision, targets, augment)
             if G_ema is not None:
-                ema_update(G_ema, G, tc.ema_decay)
+                # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
+                ema_update(G_ema, G, min(tc.ema_decay, (1 + step) / (10 + step)))
             values = torch.stack([out.loss_d, out.loss_g, out.d_real, out.d_fake_before, out.d_fake_after])
             finite &= torch.isfinite(values[:2]).all()
             acc += values
