@@ -119,8 +119,9 @@ def make_flowergan(real: torch.Tensor, device: torch.device, *, amp: str, channe
     G.to(device, memory_format=memory_format)
     D.to(device, memory_format=memory_format)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if ema else None
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused or None)
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused or None)
+    adam = {"fused": True} if fused else {"foreach": True}  # as the training loop builds them
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999), **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), **adam)
     precision = Precision(device, *resolve_amp(amp, device))
     G_train, D_train = (torch.compile(G, mode=compile_mode), torch.compile(D, mode=compile_mode)) if compile else (G, D)
     real = real.contiguous(memory_format=memory_format)

@@ -113,8 +113,10 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         if m is not None:
             m.to(device, memory_format=memory_format)
     fused = oc.fused == "on" or (oc.fused == "auto" and device.type == "cuda")
-    opt_g = torch.optim.Adam(G.parameters(), lr=oc.lr_g, betas=(oc.beta1, oc.beta2), fused=fused or None)
-    opt_d = torch.optim.Adam(D.parameters(), lr=oc.lr_d, betas=(oc.beta1, oc.beta2), fused=fused or None)
+    # Fused kernels on CUDA; elsewhere the multi-tensor (foreach) path, which PyTorch enables only on CUDA.
+    adam = {"betas": (oc.beta1, oc.beta2), "fused": True} if fused else {"betas": (oc.beta1, oc.beta2), "foreach": True}
+    opt_g = torch.optim.Adam(G.parameters(), lr=oc.lr_g, **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=oc.lr_d, **adam)
     precision = Precision(device, *resolve_amp(tc.amp, device))
     nets = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
     stateful = {**nets, "opt_g": opt_g, "opt_d": opt_d, "scaler": precision.scaler}
