@@ -24,7 +24,7 @@ def env(tmp_path_factory, tmp_path, monkeypatch):
     monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
     S._MEMORY.clear()
     return {"weights": str(testing.inception_weights(base, seed=0)),
-            "data": str(testing.synth_shards(base, 40, seed=5)),
+            "data": str(testing.synth_shards(base, 16, seed=1)),
             "run": testing.checkpoint(base / "run-cli")}
 
 
