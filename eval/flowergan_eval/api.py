@@ -148,7 +148,7 @@ class Evaluation:
         gen = self.fake.as_dict()
         for base in bases:
             ref = self.reference.as_dict() if M.REGISTRY[base].needs_real else None
-            out.update(M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED))
+            out.update(M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED, device=self.device))
         return out
 
     def diversity(self, n_pairs: int = 1000) -> dict[str, Any]:
@@ -196,7 +196,8 @@ def in_training_metric(G: nn.Module, *, nz: int, metric: str, n: int, data: str,
     ref = reference(open_real(data), extractor)
     z = FT.latents(n, nz, seed)
     feats = FT.extract(extractor, FT.generate(_unwrap(G), z, batch=64, device=dev), n)
-    return M.compute(metric, n, feats.as_dict(), ref.as_dict())
+    out = M.compute(metric, n, feats.as_dict(), ref.as_dict(), device=dev)
+    return {k: v for k, v in out.items() if not k.endswith("/subset_size")}  # the loop logs every key
 
 
 def to_json(result: dict[str, Any]) -> str:

@@ -195,8 +195,9 @@ def _fid_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
     return {"": fid(mu, sigma, ref["mu"], ref["sigma"])}
 
 
-def _kid_entry(gen: dict, ref: dict, seed: int = SHUFFLE_SEED, **_: object) -> dict[str, float]:
-    mean, std, m = kid(gen["pool"], ref["pool"], seed=seed)
+def _kid_entry(gen: dict, ref: dict, seed: int = SHUFFLE_SEED, device: str | torch.device | None = None,
+               **_: object) -> dict[str, float]:
+    mean, std, m = kid(gen["pool"], ref["pool"], seed=seed, device=device)
     return {"": mean, "/std": std, "/subset_size": float(m)}
 
 
