@@ -98,13 +98,13 @@ def gif_bytes(frames: Sequence[torch.Tensor], ms_per_frame: int = 120) -> bytes:
     return buf.getvalue()
 
 
-def latent_pca_png(z: np.ndarray, images: torch.Tensor, max_thumbs: int = 120, zoom: float = 0.45) -> bytes:
+def latent_pca_png(z: np.ndarray, images: torch.Tensor, max_thumbs: int = 120, zoom: float = 0.4) -> bytes:
     """PCA of the latents with each generated thumbnail drawn at its 2-D position."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     plt = _plt()
     proj, ratio = pca(z, 2)
-    fig, ax = plt.subplots(figsize=(8, 8))
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
     ax.scatter(proj[:, 0], proj[:, 1], s=4, c="lightgray")
     for i in range(min(max_thumbs, len(proj))):
         thumb = OffsetImage(images[i].permute(1, 2, 0).numpy(), zoom=zoom)

@@ -72,12 +72,13 @@ def loss_curves_png(scalars: dict[str, tuple[list[int], list[float]]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("Losses", [t for t in LOSS_TAGS if t in scalars]), ("D(x) and D(G(z))", [t for t in D_TAGS
-                                                                                       if t in scalars])]
-    rest = [t for t in scalars if t not in LOSS_TAGS and t not in D_TAGS and not t.startswith(("Speed/", "Epoch/"))]
-    if rest:
-        groups.append(("Other scalars", rest[:8]))
-    groups = [g for g in groups if g[1]] or [("Scalars", list(scalars)[:8])]
+    # One panel per scale: losses, D's outputs (probabilities), in-training metrics. Counters, speeds and
+    # learning rates live on other scales and stay in TensorBoard.
+    evals = [t for t in scalars if t.startswith("Eval/") and not t.endswith("/std")]
+    groups = [("Losses", [t for t in LOSS_TAGS if t in scalars]),
+              ("D(x) and D(G(z))", [t for t in D_TAGS if t in scalars]),
+              ("In-training evaluation (lower is better)", evals[:4])]
+    groups = [g for g in groups if g[1]] or [("Scalars", list(scalars)[:6])]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
     for ax, (title, tags) in zip(axes[0], groups):
         for tag in tags:
