@@ -157,3 +157,25 @@ def test_resume_is_bit_identical_on_real_shards_with_a_loader_worker(tmp_path):
     a, _ = load_generator(straight, ema=False)
     b, _ = load_generator(split, ema=False)
     assert _weights_equal(a, b)
+
+
+def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
+    """eval.every: KID through flowergan_eval's public API, logged, and the best checkpoint copied to best/."""
+    from flowergan_eval import testing
+    from flowergan_eval import weights as W
+
+    monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "cache"))
+    weights = testing.inception_weights(tmp_path, seed=0)  # random weights: no download in tests
+    ref = testing.synth_shards(tmp_path, 16, seed=1)
+    cfg = tiny_config(tmp_path / "run", "train.steps=10", "train.checkpoint_every=100", "eval.every=5", "eval.n=8",
+                      "eval.metric=kid", f"eval.data={ref}", f"eval.inception_weights={weights}")
+    metrics = train(cfg, stream=TensorStream())
+    assert "kid8" in metrics
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if "Eval/kid8" in r]
+    assert [r["step"] for r in evals] == [5, 10]
+    best = json.loads((tmp_path / "run" / "checkpoints" / "best" / "state.json").read_text())
+    assert best["metrics"]["kid8"] == min(r["Eval/kid8"] for r in evals)
+    # Eval steps are checkpoint steps even when checkpoint_every is longer.
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run" / "checkpoints")] == [
+        "step-00000005", "step-00000010"]
