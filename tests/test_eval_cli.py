@@ -4,6 +4,7 @@ and one-line errors with exit code 2."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -150,8 +151,6 @@ def test_a_corrupt_image_is_reported_by_shard_and_key_and_skipped(setup, tmp_pat
             if m.name.endswith(".png") and m.name.startswith(bad_key):
                 payload = b"\x89PNG\r\n\x1a\n" + b"garbage" * 10  # a PNG header and nothing decodable
                 m.size = len(payload)
-            import io
-
             tar.addfile(m, io.BytesIO(payload))
     real = open_real(str(data))
     images = [x for x, _ in iter_real(real, batch=16)]

@@ -195,3 +195,18 @@ def test_weights_that_need_unpickling_are_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(2)}, wrong)
     with pytest.raises(UserError, match="TF-Inception"):
         FT.load_inception(str(wrong))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_features_and_kid_match_the_cpu(weights_file):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic")
+         .clamp(0, 1) * 255).to(torch.uint8)
+    cpu = FT.load_inception(str(weights_file), device="cpu")(x)
+    gpu = FT.load_inception(str(weights_file), device="cuda")(x)
+    for a, b in zip(cpu, gpu):  # no TF32: fp32 convolutions on both (cuDNN may pick other algorithms)
+        assert float((a - b.cpu()).abs().max() / a.abs().max()) < 1e-3
+    f = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
+    h = np.random.default_rng(1).standard_normal((300, 64)).astype(np.float32) + 0.2
+    assert M.kid(f, h, subsets=20, device="cuda")[0] == pytest.approx(M.kid(f, h, subsets=20)[0], rel=1e-9)

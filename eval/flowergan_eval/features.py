@@ -116,7 +116,16 @@ class InceptionExtractor:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        pool, logits = self.net(images.to(self.device, non_blocking=True))
+        if self.device.type != "cuda":
+            pool, logits = self.net(images.to(self.device, non_blocking=True))
+            return pool.float(), logits.float()
+        # cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later; FID is defined in fp32.
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            pool, logits = self.net(images.to(self.device, non_blocking=True))
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
         return pool.float(), logits.float()
 
 

@@ -5,8 +5,9 @@ for how SynthFlowers are drawn: a flower, roughly centred, whose petals repeat a
 end is fixed and rotation-invariant: find the centre of symmetry (the point whose rings around it are most
 periodic with 3-8 repeats), sample rings around it, and keep the magnitudes of their angular Fourier
 coefficients (a rotation only changes their phases) and the mean colour of each ring. A two-layer MLP
-trained on the mode ids reads those. It trains in seconds on a CPU and reaches >= 99 % held-out accuracy
-with a few thousand images, where a plain CNN needs many times the data and epochs to learn to count petals.
+trained on the mode ids reads those. It trains in about a minute on two CPU cores and reaches >= 99 % held-out
+accuracy with a few thousand images (99.8 % with 4096), where a small plain CNN trained on as many images stayed
+near 90 % after several CPU-minutes: counting petals is hard for it, reading a Fourier spectrum is not.
 """
 
 from __future__ import annotations
