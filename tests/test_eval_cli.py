@@ -131,6 +131,7 @@ def test_user_errors_are_one_line_and_exit_2(setup, tmp_path):
         (["fid", "--ckpt", str(setup["run"]), "--data", str(small), "--n", "4"], "holds 32 px images"),
         (["fid", "--ckpt", str(setup["run"]), "--n", "4"], "pass --data"),
         (["kid", "--ckpt", str(setup["run"]), "--data", str(tmp_path / "no-data")], "manifest.json"),
+        (["is", "--ckpt", str(setup["run"]), "--n", "4", "--inception-weights", str(setup["weights"])], "--n"),
     ]
     for args, expected in cases:
         proc = _cli(*args, "--no-progress")

@@ -148,13 +148,18 @@ class Evaluation:
         gen = self.fake.as_dict()
         for base in bases:
             ref = self.reference.as_dict() if M.REGISTRY[base].needs_real else None
-            out.update(M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED, device=self.device))
+            try:
+                out.update(M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED, device=self.device))
+            except ValueError as e:  # too few images for the metric: the user's numbers, so the user's error
+                raise UserError(f"{base}: {e}; raise --n (generated) or --ref-n (real)") from None
         return out
 
     def diversity(self, n_pairs: int = 1000) -> dict[str, Any]:
         """Mode-collapse measures: MS-SSIM (generated vs real), NDB/JS, near duplicates, memorisation."""
         real_x, _ = self.real_images
         fake_pool, real_pool = self.fake.pool, self.reference.pool
+        if len(real_pool) < 4:
+            raise UserError(f"diversity needs at least 4 real images, the reference set has {len(real_pool)}")
         ms_fake, scales = DV.mean_ms_ssim(self.fake_images, n_pairs=n_pairs, seed=self.opts.seed)
         ms_real, _ = DV.mean_ms_ssim(real_x, n_pairs=n_pairs, seed=self.opts.seed)
         nd = DV.ndb(real_pool, fake_pool, k=100, seed=self.opts.seed)
