@@ -154,11 +154,23 @@ def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device
            ref_n: RefN = 0, progress: Progress = True,
            out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
            oracle: Annotated[str | None, typer.Option("--oracle", help="Oracle directory for the mode "
-                                                                       "histogram (SynthFlowers).")] = None) -> None:
+                                                                       "histogram (SynthFlowers).")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the options, print the plan, "
+                                                                   "compute nothing.")] = False) -> None:
     """One self-contained HTML page: grids, loss curves, metrics with provenance, latent plots, modes."""
     from flowergan_eval.commands import run_report
 
     opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    if dry_run:
+        # The cluster's eval Job is checked this way where its volume, GPU and weights do not exist.
+        if n < 2 or batch < 1:
+            from flowergan.errors import UserError
+
+            raise UserError(f"--n {n} / --batch {batch}: need n >= 2 and batch >= 1")
+        typer.echo(f"would write {out}: {'raw G' if raw else 'G_ema'} of {ckpt} vs {data or '(data from the run)'}, "
+                   f"n={n}, batch={batch}, device={device}, seed={seed}, "
+                   f"weights={inception_weights or '$FLOWERGAN_INCEPTION_WEIGHTS or cache'}")
+        return
     _emit(run_report(ckpt, opts, out, oracle_dir=oracle), json)
 
 
