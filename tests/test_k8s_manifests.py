@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -29,7 +30,8 @@ else:  # pragma: no cover - Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
+# The real KubeRay CRDs in ../shared beside the clone (as CI lays it out), or FLOWERGAN_SHARED.
+CRDS = Path(os.environ.get("FLOWERGAN_SHARED", ROOT.parent / "shared")) / "schemas" / "kuberay"
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to work on
 GPU = "nvidia.com/gpu"
