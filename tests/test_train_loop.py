@@ -179,3 +179,13 @@ def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
     # Eval steps are checkpoint steps even when checkpoint_every is longer.
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run" / "checkpoints")] == [
         "step-00000005", "step-00000010"]
+
+
+@pytest.mark.parametrize("script, args", [("flowergan", ["train", "--no-such-flag"]),
+                                          ("flowergan", ["data", "shard"]),
+                                          ("flowergan-eval", ["fid", "--no-such-flag"])])
+def test_usage_errors_are_short_not_tracebacks(script, args):
+    exe = os.path.join(os.path.dirname(sys.executable), script)
+    r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: ")

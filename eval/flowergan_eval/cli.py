@@ -3,13 +3,10 @@ JSON object with --json), progress bars to stderr; a user error is one line and 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from flowergan.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Evaluate flowergan checkpoints: FID/KID/IS, precision/recall, mode collapse, latent "
@@ -191,26 +188,9 @@ def oracle_train(data: Data = "", json: Json = False, progress: Progress = True,
 
 def main() -> None:
     """Console-script entry point (errors as in `flowergan`: one line, exit 2)."""
-    try:
-        app(standalone_mode=False)
-    except UserError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click's usage errors (bad option, missing argument)
-        import click
+    from flowergan.cli.runner import run_app
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    run_app(app)
 
 
 if __name__ == "__main__":

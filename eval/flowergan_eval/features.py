@@ -48,7 +48,7 @@ def _tf_inception_class() -> type:
 def _build_tf_inception(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """torch-fidelity's module holding `state_dict`.
 
-    torch-fidelity reads a weights *path* with torch.load(weights_only=False), i.e. it unpickles. We load
+    torch-fidelity reads a weights *path* with a full (unpickling) torch.load. We load
     the user's file ourselves with weights_only=True and hand torch-fidelity an in-memory copy that holds
     nothing but those tensors, so no code from a weights file is ever run.
     """
