@@ -12,13 +12,7 @@ from flowergan.train.augment import color, cutout, diff_augment, make_augment, p
 POLICIES = ["color", "translation", "cutout", "color,translation,cutout", "translation,cutout"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _images(b: int = 8, side: int = 16, seed: int = 0) -> torch.Tensor:

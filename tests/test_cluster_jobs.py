@@ -82,15 +82,6 @@ def _kill(pids: list[int], sig: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "synth64"
-    subprocess.run([str(BIN / "flowergan"), "data", "synth", "--out", str(out), "--n", "256", "--size", "64",
-                    "--seed", "0", "--shard-size", "32", "--workers", "1", "--no-progress"],
-                   check=True, capture_output=True, timeout=300)
-    return out
-
-
-@pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir; stopped by its own pids."""
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,16 +27,6 @@ BATCH = 16  # global: 8 per rank
 TINY = ["model.ngf=8", "model.ndf=8", f"train.batch_size={BATCH}", "train.device=cpu", "train.amp=off",
         "train.epochs=0", "data.workers=0", "log.progress=false", "log.n_samples=16", "log.sample_every=10",
         "log.every=1", "cluster.workers=2", "cluster.cpus_per_worker=1", "cluster.gpus_per_worker=0"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """256 SynthFlowers at 64 px in 8 shards, made by the real CLI (each rank reads its own shards)."""
-    out = tmp_path_factory.mktemp("synth") / "synth64"
-    subprocess.run([str(BIN / "flowergan"), "data", "synth", "--out", str(out), "--n", "256", "--size", "64",
-                    "--seed", "0", "--shard-size", "32", "--workers", "1", "--no-progress"],
-                   check=True, capture_output=True, timeout=300)
-    return out
 
 
 @pytest.fixture(scope="module")
