@@ -163,13 +163,14 @@ def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
     """eval.every: KID through flowergan_eval's public API, logged, and the best checkpoint copied to best/."""
     from flowergan_eval import testing
     from flowergan_eval import weights as W
+    from flowergan_eval.api import in_training_evaluator
 
     monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "cache"))
     weights = testing.inception_weights(tmp_path, seed=0)  # random weights: no download in tests
     ref = testing.synth_shards(tmp_path, 16, seed=1)
     cfg = tiny_config(tmp_path / "run", "train.steps=10", "train.checkpoint_every=100", "eval.every=5", "eval.n=8",
                       "eval.metric=kid", f"eval.data={ref}", f"eval.inception_weights={weights}")
-    metrics = train(cfg, stream=TensorStream())
+    metrics = train(cfg, stream=TensorStream(), evaluate=in_training_evaluator(cfg))
     assert "kid8" in metrics
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in lines if "Eval/kid8" in r]
@@ -179,6 +180,15 @@ def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
     # Eval steps are checkpoint steps even when checkpoint_every is longer.
     assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run" / "checkpoints")] == [
         "step-00000005", "step-00000010"]
+
+
+def test_training_never_imports_the_eval_package():
+    """The import graph reads top to bottom: evaluation is handed to the loop, which never imports it."""
+    code = ("import sys, flowergan.train.loop, flowergan.train.step, flowergan.data.stream; "
+            "print(sorted(m for m in sys.modules if m.startswith('flowergan_eval')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("script, args", [("flowergan", ["train", "--no-such-flag"]),

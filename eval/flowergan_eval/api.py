@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowergan.config import Config
 from flowergan.errors import UserError
 from flowergan_eval import diversity as DV
 from flowergan_eval import features as FT
@@ -203,6 +204,32 @@ def in_training_metric(G: nn.Module, *, nz: int, metric: str, n: int, data: str,
     feats = FT.extract(extractor, FT.generate(_unwrap(G), z, batch=64, device=dev), n)
     out = M.compute(metric, n, feats.as_dict(), ref.as_dict(), device=dev)
     return {k: v for k, v in out.items() if not k.endswith("/subset_size")}  # the loop logs every key
+
+
+@dataclass(frozen=True)
+class InTrainingEval:
+    """The callable the training loop is handed (`evaluate(G, device) -> scores`); plain data, so it travels to
+    Ray Train workers. Built by the CLI with `in_training_evaluator`: the loop never imports this package."""
+
+    metric: str
+    n: int
+    data: str
+    inception_weights: str | None
+    nz: int
+    seed: int
+
+    def __call__(self, G: nn.Module, device: torch.device) -> dict[str, float]:
+        return in_training_metric(G, nz=self.nz, metric=self.metric, n=self.n, data=self.data, device=device,
+                                  inception_weights=self.inception_weights, seed=self.seed)
+
+
+def in_training_evaluator(cfg: Config) -> InTrainingEval | None:
+    """The in-training evaluation `cfg.eval` asks for (reference data defaults to `data.path`); None when off."""
+    if cfg.eval.every <= 0:
+        return None
+    return InTrainingEval(metric=cfg.eval.metric, n=cfg.eval.n, data=cfg.eval.data or cfg.data.path,
+                          inception_weights=cfg.eval.inception_weights or None, nz=cfg.model.nz,
+                          seed=cfg.train.seed)
 
 
 def to_json(result: dict[str, Any]) -> str:

@@ -33,14 +33,17 @@ def train(
     if dry_run:
         typer.echo(cfg.to_toml())
         return
+    # In-training FID/KID comes from the eval package and is handed to the loop: the loop never imports it.
+    from flowergan_eval.api import in_training_evaluator
+
     if ray:
         from flowergan.train.ray_train import run_ray
 
-        metrics = run_ray(cfg, resume=resume)
+        metrics = run_ray(cfg, resume=resume, make_evaluate=in_training_evaluator)
     else:
         from flowergan.train.loop import train as train_loop
 
-        metrics = train_loop(cfg, resume=resume)
+        metrics = train_loop(cfg, resume=resume, evaluate=in_training_evaluator(cfg))
     _summary(Path(cfg.log.run_dir), metrics)
 
 

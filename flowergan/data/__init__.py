@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flowergan.data.batches import Batch, BatchStream
+
 if TYPE_CHECKING:
     from flowergan.data.shards import read_manifest
     from flowergan.data.stream import Stream, build_stream
 
-__all__ = ["Stream", "build_stream", "read_manifest"]
+__all__ = ["Batch", "BatchStream", "Stream", "build_stream", "read_manifest"]
 
 
 def __getattr__(name: str) -> Any:

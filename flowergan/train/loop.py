@@ -10,7 +10,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from torch import nn
 
 from flowergan import visuals
 from flowergan.config import Config
+from flowergan.data.batches import BatchStream
 from flowergan.errors import UserError
 from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
@@ -30,6 +31,9 @@ from flowergan.train.step import Precision, Targets, ema_update, gan_step, resol
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
 OnCheckpoint = Callable[[int, "Path | None", dict[str, float]], None]
+# In-training evaluation, built by the caller (the CLI builds it from flowergan_eval): G in eval mode and the
+# device -> {metric name: value}, lower is better for the first entry. The loop never imports flowergan_eval.
+Evaluate = Callable[[nn.Module, torch.device], dict[str, float]]
 
 
 def pick_device(name: str) -> torch.device:
@@ -58,16 +62,6 @@ def _prepare_run_dir(run_dir: Path) -> None:
         raise UserError(f"log.run_dir: cannot write to {run_dir} ({e.strerror}); choose another --run-dir") from None
 
 
-def _batches(stream: Any, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The stream from batch `start` on; streams are deterministic, so skipping reproduces the same order."""
-    if hasattr(stream, "iter_from"):
-        return iter(stream.iter_from(start))
-    it = iter(stream)
-    for _ in range(start):
-        next(it)
-    return it
-
-
 @dataclass
 class _Snapshot:
     """The last good state kept in memory on every rank, so a non-finite loss rolls back without disk."""
@@ -86,7 +80,8 @@ class _Snapshot:
 
 
 def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None, device: torch.device | None = None,
-          on_checkpoint: OnCheckpoint | None = None, stream: Iterable | None = None) -> dict[str, float]:
+          on_checkpoint: OnCheckpoint | None = None, stream: BatchStream | None = None,
+          evaluate: Evaluate | None = None) -> dict[str, float]:
     """Train G and D as `cfg` says; returns the last logged metrics. See the module docstring."""
     rank, world = dist.rank(), dist.world_size()
     device = device or pick_device(cfg.train.device)
@@ -136,8 +131,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
 
         stream = build_stream(cfg.data, batch_size=per_rank_batch, resolution=cfg.model.resolution,
                               rank=rank, world_size=world, seed=tc.seed, device=device)
-    num_samples = int(getattr(stream, "num_samples", tc.batch_size))
-    batches_per_epoch = int(getattr(stream, "batches_per_epoch", 1))
+    num_samples, batches_per_epoch = stream.num_samples, stream.batches_per_epoch
     steps = total_steps(cfg, num_samples)
 
     G_train = dist.wrap(G, device, cfg.cluster.sync_batchnorm)
@@ -195,7 +189,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     retries = 0
     snapshot = _Snapshot.take(step, images_seen, stateful)
 
-    batches = _batches(stream, step * tc.d_steps)
+    batches = iter(stream.iter_from(step * tc.d_steps))
     if rank == 0 and step == 0:
         sample_grids(0)
     from rich.progress import TextColumn
@@ -229,7 +223,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
             maybe_inject_fault(step, rank)
 
             ckpt_due = step % tc.checkpoint_every == 0 or step == steps
-            eval_due = cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == steps)
+            eval_due = evaluate is not None and cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == steps)
             log_due = step % cfg.log.every == 0 or step == steps or ckpt_due or eval_due
             epoch_end = (step * tc.d_steps) % batches_per_epoch < tc.d_steps
             if not (log_due or epoch_end):
@@ -247,7 +241,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 step, images_seen = snapshot.step, snapshot.images_seen
                 # New noise so the retry does not replay the exact same divergence.
                 torch.manual_seed(tc.seed * 1_000_003 + rank + 1 + 7919 * retries)
-                batches = _batches(stream, step * tc.d_steps)
+                batches = iter(stream.iter_from(step * tc.d_steps))
                 acc.zero_(), epoch_acc.zero_(), finite.fill_(True)
                 acc_n = epoch_acc_n = 0
                 bar.update(task, completed=step)
@@ -278,7 +272,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 sample_grids(step)
             is_best = False
             if eval_due:
-                scores = _evaluate(cfg, G_ema or G, device) if rank == 0 else {}
+                scores = evaluate(G_ema or G, device) if rank == 0 and evaluate is not None else {}
                 last_metrics.update(scores)
                 log.scalars(step, {f"Eval/{k}": v for k, v in scores.items()})
                 if scores:
@@ -298,11 +292,3 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         visuals.plot_losses(run_dir / "metrics.jsonl", run_dir / "losses.png")
     return last_metrics
 
-
-def _evaluate(cfg: Config, G: nn.Module, device: torch.device) -> dict[str, float]:
-    """In-training FID/KID through flowergan_eval's public API (never the other way round)."""
-    from flowergan_eval.api import in_training_metric
-
-    return in_training_metric(G, nz=cfg.model.nz, metric=cfg.eval.metric, n=cfg.eval.n,
-                              data=cfg.eval.data or cfg.data.path, device=device,
-                              inception_weights=cfg.eval.inception_weights or None, seed=cfg.train.seed)

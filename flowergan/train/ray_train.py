@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
@@ -34,6 +34,11 @@ from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Discriminator, Generator
 from flowergan.train import checkpoint as ckpt_io
+
+if TYPE_CHECKING:
+    from flowergan.train.loop import Evaluate
+
+MakeEvaluate = Callable[[Config], "Evaluate | None"]  # built in each worker (the CLI passes flowergan_eval's)
 
 # Environment variables handed from the driver to every worker (fault hook, Inception weights, ...): workers
 # on other nodes do not inherit the driver's environment.
@@ -134,12 +139,13 @@ def _check_devices(cfg: Config) -> None:
                         "--gpus-per-worker 0 for CPU workers")
 
 
-def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
+def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = None) -> dict[str, Any]:
     """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's metrics at the last checkpoint.
 
     A run whose name already has checkpoints in `cluster.storage_path` always continues from the newest (that
     is how a retried job resumes). `resume=True` is only needed to continue from checkpoints that exist in
     `log.run_dir` but not in Ray storage (e.g. a run trained without Ray); without it such a run dir is an error.
+    `make_evaluate(cfg)` builds the in-training evaluation in each worker, from the paths as the workers see them.
     """
     _check_devices(cfg)
     cfg = resolve_paths(cfg)
@@ -161,7 +167,7 @@ def run_ray(cfg: Config, *, resume: bool) -> dict[str, Any]:
         print(f"Ray Train: {cc.workers} worker(s) x {resources}, run '{cc.name}' in {where} ({note})", flush=True)
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"config": cfg.to_dict(), "env": _worker_env()},
+            train_loop_config={"config": cfg.to_dict(), "env": _worker_env(), "make_evaluate": make_evaluate},
             scaling_config=ScalingConfig(num_workers=cc.workers, use_gpu=use_gpu, resources_per_worker=resources),
             run_config=RunConfig(
                 name=cc.name,
@@ -285,7 +291,8 @@ def _train_worker(config: dict[str, Any]) -> None:
             resume_from = _local_resume_point(Path(cfg.log.run_dir))
         if resume_from is not None and ray.train.get_context().get_world_rank() == 0:
             print(f"rank 0: resuming from {resume_from}", flush=True)
+        make_evaluate = config.get("make_evaluate")
         train(cfg, resume=resume_from is not None, resume_from=resume_from, device=device,
-              on_checkpoint=on_checkpoint)
+              on_checkpoint=on_checkpoint, evaluate=make_evaluate(cfg) if make_evaluate is not None else None)
     if ddp is not None:
         ddp.close()
