@@ -47,11 +47,16 @@ def test_in_training_kid_and_fid(env, tmp_path):
                                    inception_weights=env["weights"], seed=0)
     assert again["kid8"] == pytest.approx(out["kid8"], rel=1e-9)
     assert stats_files[0].stat().st_mtime_ns == mtime
-    # DDP-wrapped G (anything with .module) is unwrapped; FID is the other allowed choice.
-    wrapper = torch.nn.Module()
-    wrapper.module = G
-    fid = api.in_training_metric(wrapper, nz=cfg.model.nz, metric="fid", n=8, data=env["data"], device="cpu",
-                                 inception_weights=env["weights"], seed=0)
+    # A DDP-wrapped G (a real one-process gloo group) is unwrapped; FID is the other allowed choice.
+    import torch.distributed as td
+
+    td.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg-store'}", rank=0, world_size=1)
+    try:
+        wrapper = torch.nn.parallel.DistributedDataParallel(G)
+        fid = api.in_training_metric(wrapper, nz=cfg.model.nz, metric="fid", n=8, data=env["data"], device="cpu",
+                                     inception_weights=env["weights"], seed=0)
+    finally:
+        td.destroy_process_group()
     assert list(fid) == ["fid8"] and fid["fid8"] > 0
 
 

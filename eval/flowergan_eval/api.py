@@ -18,27 +18,13 @@ import torch
 from torch import nn
 
 from flowergan.config import Config
+from flowergan.devices import pick_device, unwrap
 from flowergan.errors import UserError
 from flowergan_eval import diversity as DV
 from flowergan_eval import features as FT
 from flowergan_eval import metrics as M
 from flowergan_eval.real import RealSet, load_real, open_real
 from flowergan_eval.stats import Reference, reference
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """'auto' (or None) = CUDA when present, else CPU; asking for CUDA without one is a user error."""
-    name = str(name or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return dev
-
-
-def _unwrap(G: nn.Module) -> nn.Module:
-    return G.module if hasattr(G, "module") and isinstance(G.module, nn.Module) else G
 
 
 @dataclass
@@ -61,7 +47,7 @@ class Evaluation:
 
     def __init__(self, ckpt: str | Path | None, opts: Options, *, bar=None):
         self.opts = opts
-        self.device = resolve_device(opts.device)
+        self.device = pick_device(opts.device)
         self.bar = bar
         if opts.n < 2:
             raise UserError(f"--n {opts.n}: need at least 2 generated images")
@@ -197,11 +183,11 @@ def in_training_metric(G: nn.Module, *, nz: int, metric: str, n: int, data: str,
     """
     if metric not in ("fid", "kid"):
         raise UserError(f"eval.metric: {metric!r} is not allowed; choose fid or kid")
-    dev = resolve_device(device)
+    dev = pick_device(device)
     extractor = FT.load_inception(inception_weights or None, device=dev)
     ref = reference(open_real(data), extractor)
     z = FT.latents(n, nz, seed)
-    feats = FT.extract(extractor, FT.generate(_unwrap(G), z, batch=64, device=dev), n)
+    feats = FT.extract(extractor, FT.generate(unwrap(G), z, batch=64, device=dev), n)
     out = M.compute(metric, n, feats.as_dict(), ref.as_dict(), device=dev)
     return {k: v for k, v in out.items() if not k.endswith("/subset_size")}  # the loop logs every key
 

@@ -70,7 +70,7 @@ def sample(
 
     from flowergan import visuals
     from flowergan.train.checkpoint import load_generator
-    from flowergan.train.loop import pick_device
+    from flowergan.devices import pick_device
 
     dev = pick_device(device)
     G, cfg = load_generator(ckpt, ema=not raw, device=dev)

@@ -40,17 +40,6 @@ def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) 
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers (state_dict keys without prefixes)."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
-
-
 def all_true(flag: torch.Tensor) -> bool:
     """True when `flag` (a bool tensor) is true on every rank; one host sync."""
     flag = flag.to(torch.int32)

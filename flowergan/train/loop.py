@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from torch import nn
 from flowergan import visuals
 from flowergan.config import Config
 from flowergan.data.batches import BatchStream
+from flowergan.devices import pick_device
 from flowergan.errors import UserError
 from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
@@ -34,15 +34,6 @@ OnCheckpoint = Callable[[int, "Path | None", dict[str, float]], None]
 # In-training evaluation, built by the caller (the CLI builds it from flowergan_eval): G in eval mode and the
 # device -> {metric name: value}, lower is better for the first entry. The loop never imports flowergan_eval.
 Evaluate = Callable[[nn.Module, torch.device], dict[str, float]]
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` means CUDA when there is a GPU; a missing GPU for `cuda` is a user error."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UserError("train.device: 'cuda' asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def total_steps(cfg: Config, num_samples: int) -> int:
@@ -84,7 +75,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
           evaluate: Evaluate | None = None) -> dict[str, float]:
     """Train G and D as `cfg` says; returns the last logged metrics. See the module docstring."""
     rank, world = dist.rank(), dist.world_size()
-    device = device or pick_device(cfg.train.device)
+    device = device or pick_device(cfg.train.device, "train.device")
     tc, oc = cfg.train, cfg.optim
     per_rank_batch = tc.batch_size // world
     run_dir = Path(cfg.log.run_dir)
