@@ -3,10 +3,13 @@ JSON object with --json), progress bars to stderr; a user error is one line and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from flowergan_eval.metrics import REGISTRY
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Evaluate flowergan checkpoints: FID/KID/IS, precision/recall, mode collapse, latent "
@@ -49,48 +52,23 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
         print_result(result)
 
 
-@app.command()
-def fid(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
-        seed: Seed = 0, json: Json = False, inception_weights: Weights = None, ref_n: RefN = 0,
-        progress: Progress = True) -> None:
-    """Fréchet Inception Distance of n generated images against the real shards (lower is better)."""
-    from flowergan_eval.commands import run_metric
+def _metric_command(name: str) -> Callable[..., None]:
+    """The command for one registered metric: `flowergan-eval fid|kid|is|prdc` all come from the registry."""
 
-    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
-    _emit(run_metric("fid", ckpt, opts), json)
+    def command(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
+                raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
+                ref_n: RefN = 0, progress: Progress = True) -> None:
+        from flowergan_eval.commands import run_metric
 
+        opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+        _emit(run_metric(name, ckpt, opts), json)
 
-@app.command()
-def kid(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
-        seed: Seed = 0, json: Json = False, inception_weights: Weights = None, ref_n: RefN = 0,
-        progress: Progress = True) -> None:
-    """Kernel Inception Distance (unbiased; subset size <= N, so it works with few images; lower is better)."""
-    from flowergan_eval.commands import run_metric
-
-    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
-    _emit(run_metric("kid", ckpt, opts), json)
+    command.__doc__ = REGISTRY[name].doc
+    return command
 
 
-@app.command("is")
-def inception_score(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
-                    raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
-                    ref_n: RefN = 0, progress: Progress = True) -> None:
-    """Inception Score over 10 splits (higher is better; ImageNet classes, so only a rough guide for flowers)."""
-    from flowergan_eval.commands import run_metric
-
-    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
-    _emit(run_metric("is", ckpt, opts), json)
-
-
-@app.command()
-def prdc(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
-         seed: Seed = 0, json: Json = False, inception_weights: Weights = None, ref_n: RefN = 0,
-         progress: Progress = True) -> None:
-    """Precision (fidelity), recall (diversity), density and coverage with k = 5 nearest neighbours."""
-    from flowergan_eval.commands import run_metric
-
-    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
-    _emit(run_metric("prdc", ckpt, opts), json)
+for _name in REGISTRY:
+    app.command(_name)(_metric_command(_name))
 
 
 @app.command()

@@ -211,11 +211,14 @@ def _prdc_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
 
 
 REGISTRY: dict[str, Metric] = {
-    "fid": Metric("fid", "Fréchet Inception Distance (pool3, 2048-d); lower is better", True, True, _fid_entry),
-    "kid": Metric("kid", "Kernel Inception Distance, unbiased, cubic kernel; lower is better", True, True, _kid_entry),
-    "is": Metric("is", "Inception Score, 10 splits; higher is better", False, False, _is_entry),
-    "prdc": Metric("prdc", f"precision/recall/density/coverage, k={PRDC_K}; higher is better", False, True,
-                   _prdc_entry),
+    "fid": Metric("fid", "Fréchet Inception Distance of n generated images against the real shards (pool3, "
+                         "2048-d; lower is better).", True, True, _fid_entry),
+    "kid": Metric("kid", "Kernel Inception Distance (unbiased, cubic kernel; subset size <= n, so it works with "
+                         "few images; lower is better).", True, True, _kid_entry),
+    "is": Metric("is", "Inception Score over 10 splits (higher is better; ImageNet classes, so only a rough guide "
+                       "for flowers).", False, False, _is_entry),
+    "prdc": Metric("prdc", f"Precision (fidelity), recall (diversity), density and coverage with k = {PRDC_K} "
+                           "nearest neighbours (higher is better).", False, True, _prdc_entry),
 }
 
 

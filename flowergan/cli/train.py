@@ -69,8 +69,8 @@ def sample(
     import torch
 
     from flowergan import visuals
-    from flowergan.train.checkpoint import load_generator
     from flowergan.devices import pick_device
+    from flowergan.train.checkpoint import load_generator
 
     dev = pick_device(device)
     G, cfg = load_generator(ckpt, ema=not raw, device=dev)
