@@ -6,10 +6,28 @@ Other ranks get `NullLogger`, so the loop never asks which rank it is before log
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
+
+
+def _trim_jsonl(path: Path, first_new: int) -> None:
+    """Drop records with step >= first_new (and a torn last line from a crash); atomic, so a crash here loses
+    nothing."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < first_new:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
 
 
 class NullLogger:
@@ -26,15 +44,23 @@ class NullLogger:
 
 
 class RunLogger(NullLogger):
-    """TensorBoard events under `<run_dir>/tb` and `metrics.jsonl` (one object per call) in the run dir."""
+    """TensorBoard events under `<run_dir>/tb` and `metrics.jsonl` (one object per call) in the run dir.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    A run that starts at `start_step` (the resumed checkpoint's step, 0 for a fresh start) first forgets what an
+    earlier attempt logged after that step, so curves never overlap: TensorBoard hides those events
+    (`purge_step`) and `metrics.jsonl` is rewritten without them.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0):
+        # Everything logged at the resumed step itself describes the checkpointed state and stays.
+        first_new = start_step + 1 if start_step > 0 else 0
+        _trim_jsonl(run_dir / "metrics.jsonl", first_new)
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable mid-run
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=first_new)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         record = {"step": step, "time": round(time.time(), 3), **values}

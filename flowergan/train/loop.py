@@ -27,6 +27,7 @@ from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger, RunLogger
+from flowergan.train.report import TrainProgress
 from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
@@ -136,7 +137,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         augment = make_augment(tc.diffaugment)
     targets = Targets(tc.real_label, tc.fake_label, tc.g_target)
 
-    log = RunLogger(run_dir, cfg.log.tensorboard) if rank == 0 else NullLogger()
+    log = RunLogger(run_dir, cfg.log.tensorboard, start_step=step) if rank == 0 else NullLogger()
     if rank == 0:
         (run_dir / "config.toml").write_text(cfg.to_toml())
     z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed)).to(device)
@@ -183,13 +184,8 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     batches = iter(stream.iter_from(step * tc.d_steps))
     if rank == 0 and step == 0:
         sample_grids(0)
-    from rich.progress import TextColumn
-
-    from flowergan.progress import progress_bar
-
-    bar = progress_bar(cfg.log.progress and rank == 0, TextColumn("{task.fields[info]}"))
-    bar.start()
-    task = bar.add_task("train", total=steps, completed=step, info="")
+    progress = TrainProgress(steps, step, enabled=cfg.log.progress and rank == 0)
+    progress.start()
     t_log, images_at_log = time.perf_counter(), images_seen
     try:
         while step < steps:
@@ -210,7 +206,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
             epoch_acc_n += 1
             step += 1
             images_seen += tc.batch_size * tc.d_steps
-            bar.advance(task)
+            progress.advance()
             maybe_inject_fault(step, rank)
 
             ckpt_due = step % tc.checkpoint_every == 0 or step == steps
@@ -223,7 +219,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
             # One host sync: are the losses finite on every rank since the last check?
             if not dist.all_true(finite):
                 retries += 1
-                bar.console.print(f"non-finite loss between steps {snapshot.step} and {step}: rolling back to "
+                progress.say(f"non-finite loss between steps {snapshot.step} and {step}: rolling back to "
                                   f"step {snapshot.step} (retry {retries} of {tc.nan_retries})")
                 if retries > tc.nan_retries:
                     raise UserError(f"non-finite loss persisted after {tc.nan_retries} rollbacks at step {step}; "
@@ -235,7 +231,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 batches = iter(stream.iter_from(step * tc.d_steps))
                 acc.zero_(), epoch_acc.zero_(), finite.fill_(True)
                 acc_n = epoch_acc_n = 0
-                bar.update(task, completed=step)
+                progress.rewind(step)
                 continue
 
             if log_due:
@@ -250,8 +246,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 t_log, images_at_log = now, images_seen
                 acc.zero_()
                 acc_n = 0
-                bar.update(task, info=f"{last_metrics['Speed/img_per_s']:.0f} img/s  "
-                                      f"D {last_metrics['Loss/D']:.3f}  G {last_metrics['Loss/G']:.3f}")
+                progress.log(step, last_metrics)
             if epoch_end:
                 epoch = (step * tc.d_steps) // batches_per_epoch
                 em = (dist.mean_across(epoch_acc) / max(epoch_acc_n, 1)).tolist()
@@ -275,7 +270,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 snapshot = _Snapshot.take(step, images_seen, stateful)
                 retries = 0
     finally:
-        bar.stop()
+        progress.stop()
         log.close()
     if rank == 0:
         frames = sorted((run_dir / "samples").glob("ema-*.png")) or sorted((run_dir / "samples").glob("raw-*.png"))
