@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-_SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+_SECTION_TYPES = {name: type(section) for name, section in vars(Config()).items()}
 
 
 def _toml_value(v: Any) -> str:
@@ -187,7 +188,7 @@ def _coerce(name: str, typ: str, value: Any, from_text: bool) -> Any:
     return float(value) if typ == "float" else value
 
 
-def _check_range(name: str, value: Any, meta: dict) -> None:
+def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
     if choices is not None and value not in choices:
         allowed = ", ".join(str(c) for c in choices)

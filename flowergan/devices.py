@@ -31,9 +31,8 @@ def pick_device(name: str | torch.device | None, field: str = "--device") -> tor
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module under DDP and torch.compile wrappers (state_dict keys without prefixes)."""
     while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod
-        else:
+        inner = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else \
+            getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if not isinstance(inner, nn.Module):
             return module
+        module = inner

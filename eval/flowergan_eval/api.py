@@ -109,9 +109,14 @@ class Evaluation:
         return load_real(self.require_real(), self.reference.n)
 
     def _G(self) -> nn.Module:
-        if self.G is None:
-            raise UserError("--ckpt is required: a checkpoint directory or a run directory")
+        self.require_ckpt()
+        assert self.G is not None  # loaded with the checkpoint
         return self.G
+
+    def require_ckpt(self) -> Path:
+        if self.ckpt is None:
+            raise UserError("--ckpt is required: a checkpoint directory or a run directory")
+        return self.ckpt
 
     # ------------------------------------------------------------ results
     def provenance(self, *, with_reference: bool = True, with_extractor: bool = True) -> dict[str, Any]:

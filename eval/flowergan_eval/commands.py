@@ -136,7 +136,7 @@ def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps:
     if ev.real is not None:
         from flowergan.train.checkpoint import load_discriminator
 
-        D, _ = load_discriminator(ev.ckpt, device=ev.device)
+        D, _ = load_discriminator(ev.require_ckpt(), device=ev.device)
         real_x = ev.real_images[0] if "real_images" in ev.__dict__ else _first_real(ev, m)
         pics["d_features_pca.png"] = L.d_features_pca_png(FT.d_features(D, real_x[:m], device=ev.device),
                                                           FT.d_features(D, ev.fake_images[:m], device=ev.device))
@@ -244,9 +244,10 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         # Grids: the evaluated G and the other one of the checkpoint (EMA / raw) on the same z, next to real images.
         grid_n = min(64, opts.n)
         grids = {"G_ema" if ev.generator_name == "G_ema" else "G (raw)": L.grid_png(ev.fake_images[:grid_n], nrow=8)}
-        if _has_ema(ev.ckpt):
+        ckpt_dir = ev.require_ckpt()
+        if _has_ema(ckpt_dir):
             other_is_ema = ev.generator_name != "G_ema"
-            other, _ = load_generator(ev.ckpt, ema=other_is_ema, device=ev.device)
+            other, _ = load_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
             images = torch.cat([x.cpu() for x in FT.generate(other, ev.z[:grid_n], batch=opts.batch,
                                                              device=ev.device)])
             grids["G_ema" if other_is_ema else "G (raw)"] = L.grid_png(images, nrow=8)
@@ -269,7 +270,8 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
                 metrics[f"modes{M.count_suffix(opts.n)}/kl_uniform"] = s["kl_uniform"]
             except UserError as e:
                 sections["modes"] = {"missing": str(e)}
-    run_dir = ev.ckpt.parent.parent if ev.ckpt.parent.name == "checkpoints" else ev.ckpt.parent
+    ckpt_dir = ev.require_ckpt()
+    run_dir = ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else ckpt_dir.parent
     scalars = R.read_scalars(run_dir)
     sections["losses"] = R.loss_curves_png(scalars) if scalars else None
     sections["scalars_source"] = R.scalars_source(run_dir)

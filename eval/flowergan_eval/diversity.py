@@ -57,8 +57,8 @@ def mean_ms_ssim(images: torch.Tensor, n_pairs: int = 1000, seed: int = 0, batch
     if n < 2:
         raise ValueError("MS-SSIM diversity needs at least 2 images")
     scales = ms_ssim_scales(min(h, w))
-    betas = np.array(MS_SSIM_BETAS[:scales])
-    betas = tuple(float(b) for b in betas / betas.sum())
+    raw = np.array(MS_SSIM_BETAS[:scales])
+    betas = tuple(float(b) for b in raw / raw.sum())
     pairs = torch.from_numpy(random_pairs(n, n_pairs, seed))
     x = images.float()
     values = []

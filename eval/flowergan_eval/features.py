@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowergan_eval import weights as W
+
+if TYPE_CHECKING:
+    from flowergan.models import Discriminator
 
 INPUT_SIZE = 299
 RESIZE_MODE = "tf1-bilinear"  # TensorFlow 1.x bilinear resize to 299x299 (align_corners=False), as in FID
@@ -64,7 +68,7 @@ def _build_tf_inception(state_dict: dict[str, torch.Tensor]) -> nn.Module:
 class _ConvReLU(nn.Module):
     """torch-fidelity's BasicConv2d (conv, BN eps 1e-3, ReLU) with the eval-mode BN folded into the conv."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: Any):  # torch-fidelity's BasicConv2d: untyped attributes
         super().__init__()
         conv, bn = block.conv, block.bn
         scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -72,6 +76,7 @@ class _ConvReLU(nn.Module):
                               bias=True)
         with torch.no_grad():
             self.conv.weight.copy_((conv.weight.double() * scale[:, None, None, None]).float())
+            assert self.conv.bias is not None  # bias=True above
             self.conv.bias.copy_((bn.bias.double() - bn.running_mean.double() * scale).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +158,7 @@ def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     stay O(1) and differ between images through all 94 layers (PyTorch's default init shrinks them to
     ~1e-8 and makes every image look alike, which would make every metric degenerate).
     """
-    cls = _tf_inception_class()
+    cls: Any = _tf_inception_class()
 
     class _Skeleton(cls):  # builds the layers and skips loading: there is nothing to load yet
         def load_state_dict(self, *args, **kwargs):  # noqa: D102
@@ -247,7 +252,7 @@ def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | to
 
 
 @torch.no_grad()
-def d_features(D: nn.Module, images: torch.Tensor, *, batch: int = 256, device: str | torch.device = "cpu"
+def d_features(D: Discriminator, images: torch.Tensor, *, batch: int = 256, device: str | torch.device = "cpu"
                ) -> np.ndarray:
     """D's penultimate activations (`D.features`) of uint8 images, flattened to [N, C*4*4]."""
     was_training = D.training

@@ -97,6 +97,8 @@ class Oracle(nn.Module):
 
     def __init__(self, n_in: int, n_modes: int, hidden: int = 256):
         super().__init__()
+        self.mean: torch.Tensor  # input standardisation, saved with the weights
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
         self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, n_modes))

@@ -42,8 +42,8 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # a tuple, not the dict form
+    state["numpy"] = {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)}
     version, internal, gauss_next = random.getstate()
     state["python"] = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -98,10 +98,10 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
     for m in (G, D, G_ema):
         if m is not None:
-            m.to(device, memory_format=memory_format)
+            m.to(device).to(memory_format=memory_format)
     fused = oc.fused == "on" or (oc.fused == "auto" and device.type == "cuda")
     # Fused kernels on CUDA; elsewhere the multi-tensor (foreach) path, which PyTorch enables only on CUDA.
-    adam = {"betas": (oc.beta1, oc.beta2), "fused": True} if fused else {"betas": (oc.beta1, oc.beta2), "foreach": True}
+    adam: dict[str, Any] = {"betas": (oc.beta1, oc.beta2), **({"fused": True} if fused else {"foreach": True})}
     opt_g = torch.optim.Adam(G.parameters(), lr=oc.lr_g, **adam)
     opt_d = torch.optim.Adam(D.parameters(), lr=oc.lr_d, **adam)
     precision = Precision(device, *resolve_amp(tc.amp, device))
@@ -129,7 +129,8 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     G_train = dist.wrap(G, device, cfg.cluster.sync_batchnorm)
     D_train = dist.wrap(D, device, cfg.cluster.sync_batchnorm)
     if tc.compile:
-        G_train, D_train = torch.compile(G_train), torch.compile(D_train)
+        # torch.compile returns an OptimizedModule (an nn.Module), typed as a plain callable.
+        G_train, D_train = cast(nn.Module, torch.compile(G_train)), cast(nn.Module, torch.compile(D_train))
     augment = None
     if tc.diffaugment:
         from flowergan.train.augment import make_augment

@@ -75,7 +75,8 @@ class Precision:
 
 def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
     # D is frozen during G's update, so DDP must not wait for D's gradients there.
-    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
+    no_sync = getattr(module, "no_sync", None)  # DDP's, also reached through a torch.compile wrapper
+    return no_sync() if callable(no_sync) else contextlib.nullcontext()
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
@@ -125,7 +126,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
 @torch.no_grad()
 def ema_update(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
     """G_ema <- decay * G_ema + (1 - decay) * G for parameters; buffers (BN statistics) are copied."""
-    ema_p = list(G_ema.parameters())
+    ema_p: list[torch.Tensor] = list(G_ema.parameters())
     torch._foreach_lerp_(ema_p, [p.detach() for p in G.parameters()], 1.0 - decay)
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)
