@@ -44,8 +44,10 @@ bench: install
 	@for b in benchmarks/train_step.py benchmarks/loader.py benchmarks/features.py benchmarks/scaling.py; do \
 	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# Style (ruff) and types (mypy, configured in pyproject.toml); .ci/run runs it after the tests.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf runs data .pytest_cache
