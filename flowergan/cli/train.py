@@ -48,7 +48,9 @@ def train(
 
 
 def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith(("Loss/", "D/", "Speed/", "Eval/")))
+    hidden = ("LR/", "Progress/", "Check/", "Ray/", "step", "epoch")  # the rest: losses, speed, eval scores
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                      if not k.startswith(hidden) and isinstance(v, (int, float)))
     typer.echo(f"done: {shown}" if shown else "done")
     typer.echo(f"  checkpoints   {run_dir / 'checkpoints'}")
     typer.echo(f"  samples       {run_dir / 'samples'}  (progress GIF: {run_dir / 'progress.gif'})")
