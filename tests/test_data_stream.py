@@ -15,7 +15,7 @@ from PIL import Image
 
 from flowergan.config import DataConfig
 from flowergan.data import build_stream, read_manifest
-from flowergan.data.stream import Plan
+from flowergan.data.plan import Plan
 from flowergan.data.synth import write_synthflowers
 from flowergan.errors import UserError
 
@@ -119,7 +119,7 @@ def test_plan_splits_every_epoch_exactly_by_rank_and_worker():
     counts = (13, 7, 20, 1, 9, 15, 11, 4)
     n = sum(counts)
     for world, workers, batch in [(3, 2, 4), (2, 3, 5), (1, 1, 80)]:
-        plans = [Plan(tuple(f"s{i}" for i in range(len(counts))), counts, "png", 16, batch, r, world, workers, 9, 0)
+        plans = [Plan(tuple(f"s{i}" for i in range(len(counts))), counts, batch, r, world, workers, 9, 0)
                  for r in range(world)]
         bpe = plans[0].batches_per_epoch
         assert bpe == max(1, n // (batch * world))

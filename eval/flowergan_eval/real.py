@@ -1,14 +1,14 @@
 """Real images for evaluation: every sample of a shard set once, in manifest order, never augmented.
 
 The training stream resamples and flips; reference statistics need each image exactly once and unchanged,
-so this module reads the shards the manifest lists directly. A sample that does not decode is reported by
-shard and key and skipped; the good ones are kept.
+so this module reads the shards the manifest lists in order, through the same shard I/O and decoder as training
+(flowergan.data.shardio, flowergan.data.decode). A sample that does not decode is reported by shard and key and
+skipped; the good ones are kept.
 """
 
 from __future__ import annotations
 
 import sys
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,81 +71,57 @@ def open_real(path: str) -> RealSet:
     return RealSet(str(path), read_manifest(path))
 
 
-def _open(url: str):
-    if url.startswith("pipe:") or "://" not in url or url.startswith("file://"):
-        import webdataset as wds
+def _good(real: RealSet, raw: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode `raw` samples; report and drop the ones that fail (one bad sample must not cost the evaluation)."""
+    from flowergan.data.decode import decode_batch
 
-        return wds.gopen(url[len("file://"):] if url.startswith("file://") else url, "rb")
-    import fsspec
-
-    return fsspec.open(url, "rb").open()
-
-
-def _samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) of one tar shard, read as a stream (members are never written to disk)."""
-    try:
-        f = _open(url)
-    except OSError as e:
-        raise UserError(f"{url}: cannot open shard ({e})") from None
-    try:
-        with tarfile.open(fileobj=f, mode="r|*") as tar:
-            key, parts = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                k, _, ext = base.partition(".")
-                if k != key and key is not None:
-                    yield key, parts
-                    parts = {}
-                key = k
-                parts[ext] = tar.extractfile(member).read()
-            if key is not None:
-                yield key, parts
-    except tarfile.TarError as e:
-        raise UserError(f"{url}: damaged shard ({e}); run `flowergan data verify`") from None
-    finally:
-        f.close()
+    x, y, bad = decode_batch(raw, real.manifest["image_format"], real.resolution)
+    for k, reason in bad:
+        where = f"{raw[k]['__url__'].rsplit('/', 1)[-1]}:{raw[k]['__key__']}"
+        real.skipped.append(f"{where}: {reason}")
+        print(f"warning: skipping {where} ({reason})", file=sys.stderr)
+    keep = np.setdiff1d(np.arange(len(raw)), [k for k, _ in bad])
+    return x[keep], y[keep]
 
 
-def _decode(data: bytes, resolution: int) -> np.ndarray:
-    from flowergan.data.images import decode
+def _decoded(real: RealSet, want: int, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The first `want` decodable samples in manifest order, a chunk at a time; nothing past them is read."""
+    from flowergan.data.shardio import iter_samples
+    from flowergan.data.shards import shard_url
 
-    img = decode(data)  # PIL with its decompression-bomb guard for anything but our own fast-path PNGs
-    if img.shape != (resolution, resolution, 3):
-        raise ValueError(f"is {img.shape[1]}x{img.shape[0]}, the manifest says {resolution}x{resolution}")
-    return img
+    have = 0
+    for rec in real.manifest["shards"]:
+        samples = iter_samples(shard_url(real.path, rec["name"]))
+        try:
+            raw: list[dict] = []
+            for sample in samples:
+                raw.append(sample)
+                if len(raw) >= min(chunk, want - have):
+                    x, y = _good(real, raw)
+                    raw, have = [], have + len(x)
+                    yield x, y
+                    if have == want:
+                        return
+            if raw:
+                x, y = _good(real, raw)
+                have += len(x)
+                yield x, y
+        finally:
+            samples.close()
 
 
 def iter_real(real: RealSet, *, n: int = 0, batch: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(uint8 [B, 3, R, R], int64 labels [B]) of the first `n` decodable samples (0 = all), in manifest order."""
-    from flowergan.data.shards import shard_url
-
-    ext, res = real.manifest["image_format"], real.resolution
     want = n if n > 0 else real.num_samples
-    images, labels, seen = [], [], 0
-    for rec in real.manifest["shards"]:
-        url = shard_url(real.path, rec["name"])
-        for key, parts in _samples(url):
-            try:
-                if ext not in parts:
-                    raise ValueError(f"has no .{ext} image")
-                img = _decode(parts[ext], res)
-                label = int(parts.get("cls", b"0"))
-            except Exception as e:  # one bad sample must not cost the user the whole evaluation
-                real.skipped.append(f"{rec['name']}:{key}: {e}")
-                print(f"warning: skipping {rec['name']}:{key} ({e})", file=sys.stderr)
-                continue
-            images.append(img)
-            labels.append(label)
-            seen += 1
-            if len(images) == batch or seen == want:
-                yield torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
-                images, labels = [], []
-            if seen == want:
-                return
-    if images:
-        yield torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+    x = np.empty((0, real.resolution, real.resolution, 3), np.uint8)
+    y = np.empty(0, np.int64)
+    for x_new, y_new in _decoded(real, want, batch):
+        x, y = np.concatenate([x, x_new]), np.concatenate([y, y_new])
+        while len(x) >= batch:
+            yield torch.from_numpy(x[:batch]).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y[:batch])
+            x, y = x[batch:], y[batch:]
+    if len(x):
+        yield torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
 
 
 def load_real(real: RealSet, n: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,6 @@ everything succeeded (see build.Staging), so no half-written data set is ever le
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -21,6 +20,7 @@ from rich.console import Console
 
 from flowergan.data import archives
 from flowergan.data.build import ShardOptions, shard_source
+from flowergan.data.digest import sha256_file
 from flowergan.errors import UserError
 from flowergan.progress import progress_bar
 
@@ -75,14 +75,6 @@ def file_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _request(url: str, offset: int, timeout: float):
     headers = {"User-Agent": "flowergan-fetch"}
     if offset:
@@ -93,7 +85,7 @@ def _request(url: str, offset: int, timeout: float):
 def download(url: str, dest: Path, *, sha256: str, size: int | None, progress: bool = True,
              timeout: float = 60.0) -> Path:
     """Download `url` to `dest` (resuming `dest.part`), check size and sha256; raise UserError on mismatch."""
-    if dest.is_file() and _sha256(dest) == sha256:
+    if dest.is_file() and sha256_file(dest) == sha256:
         return dest  # already here and verified
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -138,7 +130,7 @@ def download(url: str, dest: Path, *, sha256: str, size: int | None, progress: b
     if size is not None and got_size != size:
         part.unlink(missing_ok=True)
         raise UserError(f"{url}: got {got_size} bytes, expected {size}; the partial file was removed, try again")
-    digest = _sha256(part)
+    digest = sha256_file(part)
     if digest != sha256:
         part.unlink(missing_ok=True)
         raise UserError(f"{url}: checksum mismatch (sha256 {digest}, expected {sha256}); the download was removed")

@@ -35,16 +35,19 @@ def encode_png(rgb: np.ndarray, level: int = 6) -> bytes:
         _chunk(b"IEND", b"")
 
 
-def decode_png_fast(data: bytes) -> np.ndarray | None:
-    """Decode a PNG written by `encode_png` to HxWx3 uint8; None when it is any other kind of PNG."""
+def _size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit RGB non-interlaced PNG (what `encode_png` writes); None for anything else."""
     if not data.startswith(SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
         return None
     w, h, depth, colour, _comp, _filt, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if depth != 8 or colour != 2 or interlace != 0 or w == 0 or h == 0:
         return None
-    idat = []
-    pos = 8
-    end = len(data)
+    return w, h
+
+
+def _inflate(data: bytes) -> bytes | None:
+    """The decompressed IDAT stream of a PNG (filter bytes and rows); None when it does not inflate."""
+    idat, pos, end = [], 8, len(data)
     while pos + 8 <= end:
         (n,) = struct.unpack(">I", data[pos:pos + 4])
         kind = data[pos + 4:pos + 8]
@@ -54,16 +57,18 @@ def decode_png_fast(data: bytes) -> np.ndarray | None:
             break
         pos += 12 + n
     try:
-        raw = zlib.decompress(b"".join(idat))
+        return zlib.decompress(b"".join(idat))
     except zlib.error:
         return None
-    if len(raw) != h * (w * 3 + 1):
+
+
+def decode_png_fast(data: bytes) -> np.ndarray | None:
+    """Decode a PNG written by `encode_png` to HxWx3 uint8; None when it is any other kind of PNG."""
+    size = _size(data)
+    if size is None:
         return None
-    rows = np.frombuffer(raw, np.uint8).reshape(h, w * 3 + 1)
-    # Row 0 'Up' equals 'None' (the row above is zero), so either is fine there; other rows must be 'Up'.
-    if rows[0, 0] not in (0, _UP) or (h > 1 and not (rows[1:, 0] == _UP).all()):
-        return None
-    return np.cumsum(rows[:, 1:], axis=0, dtype=np.uint8).reshape(h, w, 3)
+    batch, slow = decode_png_batch([data], size[1], size[0])
+    return None if slow else batch[0]
 
 
 def decode_png_batch(blobs: list[bytes], h: int, w: int) -> tuple[np.ndarray, list[int]]:
@@ -74,23 +79,7 @@ def decode_png_batch(blobs: list[bytes], h: int, w: int) -> tuple[np.ndarray, li
     rows = np.empty((len(blobs), h, w * 3 + 1), np.uint8)
     slow = []
     for k, data in enumerate(blobs):
-        ok = data.startswith(SIGNATURE) and len(data) >= 33 and data[12:16] == b"IHDR" and \
-            struct.unpack(">IIBBBBB", data[16:29]) == (w, h, 8, 2, 0, 0, 0)
-        raw = None
-        if ok:
-            idat, pos, end = [], 8, len(data)
-            while pos + 8 <= end:
-                (n,) = struct.unpack(">I", data[pos:pos + 4])
-                kind = data[pos + 4:pos + 8]
-                if kind == b"IDAT":
-                    idat.append(data[pos + 8:pos + 8 + n])
-                elif kind == b"IEND":
-                    break
-                pos += 12 + n
-            try:
-                raw = zlib.decompress(b"".join(idat))
-            except zlib.error:
-                raw = None
+        raw = _inflate(data) if _size(data) == (w, h) else None
         if raw is None or len(raw) != rows[k].size:
             slow.append(k)
             rows[k] = 0
@@ -99,6 +88,7 @@ def decode_png_batch(blobs: list[bytes], h: int, w: int) -> tuple[np.ndarray, li
     fast = np.ones(len(blobs), bool)
     fast[slow] = False
     filters = rows[:, :, 0]
+    # Row 0 'Up' equals 'None' (the row above is zero), so either is fine there; other rows must be 'Up'.
     bad = fast & ~(np.isin(filters[:, 0], (0, _UP)) & (filters[:, 1:] == _UP).all(axis=1))
     slow += [int(k) for k in np.flatnonzero(bad)]
     out = rows[:, :, 1:].copy()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from flowergan import __version__
+from flowergan.data.digest import sha256_file
 from flowergan.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -33,14 +34,6 @@ def auto_shard_size(n: int) -> int:
     """Samples per shard: at most 1000, and at least 32 shards when there are enough images (>= 8 per shard)."""
     n_shards = max(math.ceil(n / 1000), min(32, math.ceil(n / 8)), 1)
     return math.ceil(n / n_shards)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_shards(samples: list[dict[str, Any]], folder: Path, name: str, ext: str, shard_size: int,
@@ -71,7 +64,7 @@ def write_shards(samples: list[dict[str, Any]], folder: Path, name: str, ext: st
                 tw.write({"__key__": key, ext: sample["data"], "cls": str(sample["label"]).encode(), "json": meta})
                 pos += 1
         records.append({"name": shard_name, "samples": count, "bytes": path.stat().st_size,
-                        "sha256": _sha256(path)})
+                        "sha256": sha256_file(path)})
     return records
 
 
@@ -165,34 +158,16 @@ def shard_url(path: str, shard_name: str) -> str:
     return (base if is_url(base) else _local(base)) + "/" + shard_name
 
 
-def _read_text(location: str) -> str:
-    if location.startswith("pipe:"):
-        import subprocess
-
-        proc = subprocess.run(location[len("pipe:"):], shell=True, capture_output=True, timeout=120)
-        if proc.returncode != 0:
-            raise FileNotFoundError(proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}")
-        return proc.stdout.decode()
-    if is_url(location):
-        import fsspec
-
-        try:
-            with fsspec.open(location, "rt") as f:
-                return f.read()
-        except ImportError as e:
-            raise UserError(f"{location}: reading this URL needs an fsspec plugin ({e}); "
-                            "e.g. pip install s3fs or gcsfs") from None
-    return Path(_local(location)).read_text()
-
-
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check `<path>/manifest.json` (path: shard folder, manifest file, fsspec URL or pipe: template)."""
+    from flowergan.data.shardio import ShardError, read_bytes
+
     location = manifest_location(str(path))
     try:
-        text = _read_text(location)
+        text = read_bytes(_local(location))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise UserError(f"{path}: no {MANIFEST} found at {location}; {MAKE_HINT}") from None
-    except OSError as e:
+    except (OSError, ShardError) as e:
         raise UserError(f"{path}: cannot read {location} ({e}); {MAKE_HINT}") from None
     try:
         manifest = json.loads(text)
@@ -210,57 +185,59 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def verify(folder: Path) -> dict[str, Any]:
-    """Re-hash every shard and decode every sample against the manifest; raise UserError naming the first problem."""
-    import webdataset as wds
+def verify(path: str | Path) -> dict[str, Any]:
+    """Re-hash every shard and decode every sample against the manifest; raise UserError naming the first problem.
+
+    `path` is any data path (folder, manifest, URL, pipe: template); each shard is read once, through the same
+    shardio path as training, hashed as it is parsed, and its samples checked only once the hash matches (a
+    changed file is the more useful news). Images are decoded with Pillow, not flowergan's own PNG decoder, so a
+    pass also means any PNG reader takes them.
+    """
     from PIL import Image
 
-    manifest = read_manifest(folder)
+    from flowergan.data.shardio import iter_samples
+
+    manifest = read_manifest(path)
     res, ext, k = manifest["resolution"], manifest["image_format"], manifest["num_classes"]
     per_class: Counter[int] = Counter()
     total = 0
     for rec in manifest["shards"]:
-        path = Path(folder) / rec["name"]
-        if not path.is_file():
-            raise UserError(f"{path}: listed in {MANIFEST} but missing")
-        digest = _sha256(path)
-        if digest != rec["sha256"]:
-            raise UserError(f"{path}: sha256 {digest[:16]}... does not match the manifest ({rec['sha256'][:16]}...)")
+        url = shard_url(str(path), rec["name"])
+        digest = hashlib.sha256()
+        samples = list(iter_samples(url, digest=digest))  # <= 1000 small images: a few MB
+        if digest.hexdigest() != rec["sha256"]:
+            raise UserError(f"{url}: sha256 {digest.hexdigest()[:16]}... does not match the manifest "
+                            f"({rec['sha256'][:16]}...)")
         count = 0
-        try:
-            for sample in wds.tarfile_samples([{"url": str(path)}]):
-                key = f"{rec['name']}:{sample['__key__']}"
-                if ext not in sample or "cls" not in sample:
-                    raise UserError(f"{key}: missing the .{ext} or .cls member")
-                try:
-                    with Image.open(io.BytesIO(sample[ext])) as img:
-                        img.load()
-                        size, mode = img.size, img.mode
-                except Exception as e:
-                    raise UserError(f"{key}: image does not decode ({e})") from None
-                if size != (res, res) or mode != "RGB":
-                    raise UserError(f"{key}: image is {mode} {size[0]}x{size[1]}, manifest says RGB {res}x{res}")
-                try:
-                    label = int(sample["cls"])
-                    json.loads(sample.get("json", b"{}"))
-                except ValueError as e:
-                    raise UserError(f"{key}: bad .cls or .json member ({e})") from None
-                if not 0 <= label < k:
-                    raise UserError(f"{key}: label {label} is outside 0..{k - 1}")
-                per_class[label] += 1
-                count += 1
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"{path}: not a readable tar shard ({e})") from None
+        for sample in samples:
+            key = f"{rec['name']}:{sample['__key__']}"
+            if ext not in sample or "cls" not in sample:
+                raise UserError(f"{key}: missing the .{ext} or .cls member")
+            try:
+                with Image.open(io.BytesIO(sample[ext])) as img:
+                    img.load()
+                    size, mode = img.size, img.mode
+            except Exception as e:
+                raise UserError(f"{key}: image does not decode ({e})") from None
+            if size != (res, res) or mode != "RGB":
+                raise UserError(f"{key}: image is {mode} {size[0]}x{size[1]}, manifest says RGB {res}x{res}")
+            try:
+                label = int(sample["cls"])
+                json.loads(sample.get("json", b"{}"))
+            except ValueError as e:
+                raise UserError(f"{key}: bad .cls or .json member ({e})") from None
+            if not 0 <= label < k:
+                raise UserError(f"{key}: label {label} is outside 0..{k - 1}")
+            per_class[label] += 1
+            count += 1
         if count != rec["samples"]:
-            raise UserError(f"{path}: holds {count} samples, the manifest says {rec['samples']}")
+            raise UserError(f"{url}: holds {count} samples, the manifest says {rec['samples']}")
         total += count
     if total != manifest["num_samples"]:
-        raise UserError(f"{folder}: shards hold {total} samples, the manifest says {manifest['num_samples']}")
+        raise UserError(f"{path}: shards hold {total} samples, the manifest says {manifest['num_samples']}")
     expected = manifest.get("counts", {}).get("class", {})
     for i, name in enumerate(manifest.get("classes", [])):
         if name in expected and expected[name] != per_class.get(i, 0):
-            raise UserError(f"{folder}: class {name!r} has {per_class.get(i, 0)} samples, "
+            raise UserError(f"{path}: class {name!r} has {per_class.get(i, 0)} samples, "
                             f"the manifest says {expected[name]}")
     return {"shards": len(manifest["shards"]), "samples": total, "classes": k, "resolution": res}
