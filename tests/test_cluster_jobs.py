@@ -1,12 +1,15 @@
 """A real Ray head (`ray start --head` on 127.0.0.1, token auth as KubeRay's authOptions set it up) takes
 (1) `ray job submit -- <the exact entrypoint of k8s/train.yaml>` with smoke overrides, as the RayJob submitter
-runs it, and (2) a training driver that is SIGKILLed mid-run and relaunched with the same name: the relaunch
-resumes from the newest checkpoint in Ray storage. The head's processes are stopped by their own ids."""
+runs it; (2) the same submission whose driver is SIGKILLed right after the first checkpoint was saved to the run
+dir but before it reached Ray storage, then submitted again unchanged (a KubeRay retry: no --resume), which
+continues from that checkpoint; and (3) a training driver that is SIGKILLed mid-run and relaunched with the same
+name, which resumes from the newest checkpoint. The head's processes are stopped by their own ids."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -23,6 +26,7 @@ import pytest
 import yaml
 
 from flowergan.train import checkpoint as ckpt_io
+from flowergan.train.distributed import checkpoint_step
 from flowergan.train.ray_train import stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -162,22 +166,35 @@ def _in_repo(argv: list[str]) -> list[str]:
     return [str(ROOT) + a[len("/app"):] if a.startswith("/app/") else a for a in argv]
 
 
+def _resumed_from(out: str) -> str:
+    """The checkpoint the driver's launch line names ('Resuming from step-00000010 in ...'), or ''."""
+    m = re.search(r"Resuming from (step-\d+) in ", out)
+    return m.group(1) if m else ""
+
+
 def _logged_steps(run_dir: Path) -> list[int]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in rows if "Loss/D" in r]
 
 
-def test_rayjob_entrypoint_runs_via_ray_job_submit(ray_head, shards: Path, tmp_path: Path) -> None:
-    """What the RayJob's submitter pod does, against a real head: `ray job submit ... -- <entrypoint>`."""
+def _submit(ray_head, shards: Path, tmp_path: Path, *options: str, env_vars: dict[str, str] | None = None) -> list[str]:
+    """`ray job submit [options] -- <the RayJob's entrypoint>` with its runtime env, as the submitter pod runs it,
+    plus smoke overrides and this test's paths (10 steps, a checkpoint every 5)."""
     job = _rayjob()
     entrypoint = _in_repo(shlex.split(job["spec"]["entrypoint"]))
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    runtime_env["env_vars"].update(env_vars or {})
     overrides = ["--run-dir", str(tmp_path / "run"), "--set", f"data.path={shards}",
                  "--set", f"cluster.storage_path={tmp_path / 'storage'}", *SMOKE,
                  "--set", "train.steps=10", "--set", "train.checkpoint_every=5"]
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"],
-           "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint, *overrides]
-    proc = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=600)
+    return [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], *options,
+            "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint, *overrides]
+
+
+def test_rayjob_entrypoint_runs_via_ray_job_submit(ray_head, shards: Path, tmp_path: Path) -> None:
+    """What the RayJob's submitter pod does, against a real head: `ray job submit ... -- <entrypoint>`."""
+    proc = subprocess.run(_submit(ray_head, shards, tmp_path), env=ray_head["env"], capture_output=True, text=True,
+                          timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "succeeded" in out, out[-3000:]
@@ -189,6 +206,59 @@ def test_rayjob_entrypoint_runs_via_ray_job_submit(ray_head, shards: Path, tmp_p
     assert state["step"] == 10 and state["config"]["cluster"]["workers"] == 2
     assert state["config"]["data"]["path"] == str(shards)
     assert _logged_steps(tmp_path / "run") == [5, 10]
+    # The run dir keeps its checkpoints: Ray uploads a copy in the background and deletes nothing there.
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run" / "checkpoints")] == \
+        ["step-00000005", "step-00000010"]
+
+
+def _wait_for(path: Path, job_id: str, ray_head, seconds: float) -> None:
+    """Until `path` exists; fails early with the job's logs if the job ends first."""
+    deadline, next_status = time.time() + seconds, time.time() + 10
+    while not path.exists():
+        assert time.time() < deadline, f"{path} did not appear within {seconds:.0f} s"
+        if time.time() > next_status:
+            status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", ray_head["dashboard"], job_id],
+                                    env=ray_head["env"], capture_output=True, text=True, timeout=60).stdout
+            assert "RUNNING" in status or "PENDING" in status, status[-2000:]
+            next_status = time.time() + 10
+        time.sleep(0.2)
+
+
+def test_retried_job_resumes_from_a_checkpoint_only_the_run_dir_has(ray_head, shards: Path, tmp_path: Path) -> None:
+    """KubeRay retries a failed RayJob with the same entrypoint, without --resume. The first driver dies right
+    after rank 0 wrote checkpoint 5 to the run dir and before Ray storage got it: the retry continues from that
+    checkpoint (it does not start over, and does not stop with "pass --resume" on every retry)."""
+    run, storage, marker = tmp_path / "run", tmp_path / "storage", tmp_path / "hung-after-save"
+    # Rank 0 stops for good right after saving checkpoint 5, before reporting it; once (the retry runs through).
+    fault = {"FLOWERGAN_FAULT_STEP": "5", "FLOWERGAN_FAULT_POINT": "saved", "FLOWERGAN_FAULT_ACTION": "hang",
+             "FLOWERGAN_FAULT_ONCE": str(marker)}
+    job_id = f"fg-retry-{secrets.token_hex(4)}"
+    first = subprocess.run(_submit(ray_head, shards, tmp_path, "--no-wait", "--submission-id", job_id,
+                                   env_vars=fault), env=ray_head["env"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    _wait_for(marker, job_id, ray_head, 400)
+    # The driver dies (a lost head, an evicted pod): SIGKILL the entrypoint's processes, found by the run dir
+    # in their command line. Ray then takes the job's controller and workers down with it.
+    driver = [p for p in _processes_mentioning(str(run)) if p != os.getpid()]
+    assert driver, "the entrypoint's process was not found"
+    _kill(driver, signal.SIGKILL)
+    deadline = time.time() + 120
+    while _job_processes(ray_head["pid"]):
+        assert time.time() < deadline, f"the killed driver's Ray workers still run: {_job_processes(ray_head['pid'])}"
+        time.sleep(0.5)
+    assert stored_checkpoints(str(storage), "flowers64") == [], "checkpoint 5 reached Ray storage before the kill"
+    assert [p.name for p in ckpt_io.list_checkpoints(run / "checkpoints")] == ["step-00000005"]
+
+    retry = subprocess.run(_submit(ray_head, shards, tmp_path, env_vars=fault), env=ray_head["env"],
+                           capture_output=True, text=True, timeout=600)
+    out = retry.stdout + retry.stderr
+    assert retry.returncode == 0 and "succeeded" in out, out[-6000:]
+    assert f"Resuming from step-00000005 in {run}/checkpoints (Ray storage has none" in out, out[-3000:]
+    assert f"rank 0: resuming from {run}/checkpoints/step-00000005 (the run dir)" in out, out[-3000:]
+    assert _logged_steps(run) == [5, 10], "the retry did not continue at step 6"
+    assert stored_checkpoints(str(storage), "flowers64") == ["step-00000010"]
+    state = json.loads((storage / "flowers64" / "step-00000010" / "state.json").read_text())
+    assert state["step"] == 10 and state["images_seen"] == 10 * 8
 
 
 def test_relaunched_driver_resumes_from_storage(ray_head, shards: Path, tmp_path: Path) -> None:
@@ -222,20 +292,22 @@ def test_relaunched_driver_resumes_from_storage(ray_head, shards: Path, tmp_path
         assert time.time() < deadline, f"the killed driver's Ray workers still run: {_job_processes(ray_head['pid'])}"
         time.sleep(0.5)
     at_kill = stored_checkpoints(str(storage), "relaunch")
+    # The run dir may be ahead of Ray storage (a checkpoint saved, its upload not registered): the newer wins.
+    local = [p.name for p in ckpt_io.list_checkpoints(run / "checkpoints")]
+    newest = max(at_kill[-1], local[-1], key=checkpoint_step)
     steps_before = _logged_steps(run)
     assert steps_before and steps_before[-1] < steps, "the first driver finished before it was killed"
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-6000:]
-    resumed_from = out.split("(resuming from ", 1)[1].split(")", 1)[0] if "(resuming from " in out else ""
-    assert resumed_from == at_kill[-1], f"the relaunch did not resume from storage ({at_kill}):\n{out[-3000:]}"
+    resumed_from = _resumed_from(out)
+    assert resumed_from == newest, f"the relaunch did not resume from {newest} ({at_kill}, {local}):\n{out[-3000:]}"
 
-    logged = _logged_steps(run)
-    after = logged[len(steps_before):]
-    start = int(resumed_from.removeprefix("step-"))
-    assert after[0] == start + 5 and after[-1] == steps, (start, after[:3], after[-3:])
-    assert after == list(range(start + 5, steps + 1, 5)), "the step counter is not continuous after the relaunch"
+    where = "run/checkpoints" if newest in local and newest not in at_kill else "storage/relaunch"
+    assert f"rank 0: resuming from {tmp_path}/{where}/{newest} (" in out, out[-3000:]
+    # Every interval logged once: a resumed run trims metrics.jsonl after its checkpoint's step.
+    assert _logged_steps(run) == list(range(5, steps + 1, 5)), "the step counter is not continuous after the relaunch"
     final = stored_checkpoints(str(storage), "relaunch")[-1]
     assert final == ckpt_io.step_dir_name(steps)
     assert json.loads((storage / "relaunch" / final / "state.json").read_text())["images_seen"] == steps * 8

@@ -1,6 +1,8 @@
-"""Ray Train with a real Ray started in this process (2 CPU workers, gloo): ranks stay identical, checkpoints and
-TensorBoard events are written, and a worker killed with SIGKILL mid-run is replaced and resumes from the newest
-checkpoint Ray holds, finishing at the target step with a continuous step counter."""
+"""Ray Train with a real Ray started in this process (2 CPU workers, gloo): ranks stay identical, checkpoints are
+written to the run dir and uploaded to Ray storage in the background (and stay in the run dir), TensorBoard events
+are written, and a worker killed with SIGKILL between saving a checkpoint and reporting it is replaced and resumes
+from that checkpoint (the run dir's, newer than any Ray holds), finishing at the target step with a continuous step
+counter."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from flowergan.config import load_config
+from flowergan.errors import UserError
 from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
-from flowergan.train.ray_train import params_digest, run_ray, stored_checkpoints
+from flowergan.train.ray_train import _check_launch, params_digest, resolve_paths, run_ray, stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent
@@ -121,33 +124,33 @@ def test_two_workers_train_in_step(local_ray, shards: Path, tmp_path: Path) -> N
 
 def test_killed_worker_restarts_from_the_newest_checkpoint(local_ray, shards: Path, tmp_path: Path,
                                                            monkeypatch) -> None:
+    """Rank 0 dies right after writing checkpoint 10 and before Ray Train hears of it: Ray holds at most
+    checkpoint 5, the run dir holds 10, and the restarted workers continue from 10."""
     marker = tmp_path / "killed"
-    monkeypatch.setenv("FLOWERGAN_FAULT_STEP", "13")
-    monkeypatch.setenv("FLOWERGAN_FAULT_RANK", "1")
+    monkeypatch.setenv("FLOWERGAN_FAULT_STEP", "10")
+    monkeypatch.setenv("FLOWERGAN_FAULT_POINT", "saved")
     monkeypatch.setenv("FLOWERGAN_FAULT_ONCE", str(marker))
     cfg = _config(tmp_path, shards, "train.steps=20", "train.checkpoint_every=5", "cluster.max_failures=2",
                   "train.keep_checkpoints=10", "cluster.num_to_keep=10")
     metrics = run_ray(cfg, resume=False)
 
-    assert marker.read_text().startswith("killed at step 13 on rank 1"), "the fault hook did not fire"
+    assert marker.read_text().startswith("kill at step 10 (saved) on rank 0"), "the fault hook did not fire"
     assert metrics["step"] == 20
     assert metrics["Progress/images_seen"] == 20 * BATCH
     digests = metrics["Check/params_digest"]
     assert digests[0] == digests[1]
 
-    # The step counter: 1..12 before the kill, then from the checkpoint Ray had registered (5 or 10: Ray
-    # registers a report asynchronously) on to 20 without a gap; never from 1 again.
-    steps = _logged_steps(tmp_path / "run")
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    before, after = steps[:restart], steps[restart:]
-    assert before == list(range(1, 13)), before
-    assert after[0] - 1 in (5, 10), f"resumed at step {after[0]}, not from a checkpoint taken before the kill"
-    assert after == list(range(after[0], 21)), after
+    # The restarted workers continued from the run dir's checkpoint 10, not from Ray's 5: checkpoint 10 was never
+    # written again (its files predate the kill) and never reported, and every step was logged once.
+    ckpt10 = tmp_path / "run" / "checkpoints" / "step-00000010"
+    assert (ckpt10 / "state.json").stat().st_mtime_ns <= marker.stat().st_mtime_ns, "checkpoint 10 was redone"
+    assert _logged_steps(tmp_path / "run") == list(range(1, 21))
 
     # No half-written checkpoint anywhere: every one Ray registered and every one in the run dir is complete.
     storage = tmp_path / "storage" / "t"
     stored = stored_checkpoints(str(tmp_path / "storage"), "t")
     assert stored[-1] == "step-00000020" and stored == sorted(set(stored))
+    assert "step-00000010" not in stored, "checkpoint 10 was reported although its worker died before reporting"
     for name in stored:
         _assert_complete(storage / name)
     local = ckpt_io.list_checkpoints(tmp_path / "run" / "checkpoints")
@@ -160,8 +163,6 @@ def test_killed_worker_restarts_from_the_newest_checkpoint(local_ray, shards: Pa
 
 def test_launch_errors_are_one_line_before_ray_starts(shards: Path, tmp_path: Path) -> None:
     """Bad data or a foreign run dir fail on the driver in a second, before any worker starts."""
-    from flowergan.errors import UserError
-
     with pytest.raises(UserError, match="missing"):
         run_ray(_config(tmp_path, tmp_path / "missing"), resume=False)
     with pytest.raises(UserError, match="64px images but the model is 128px"):
@@ -174,20 +175,41 @@ def test_launch_errors_are_one_line_before_ray_starts(shards: Path, tmp_path: Pa
     with pytest.raises(UserError, match="log.run_dir: 'runs/x' is relative"):
         run_ray(_config(tmp_path, shards, "cluster.address=ray://127.0.0.1:10001", "log.run_dir=runs/x"),
                 resume=False)
-    # A run dir holding checkpoints that Ray storage does not know: continuing it must be asked for.
+    # A run dir whose newest checkpoint is another run's (another cluster.name): continuing it must be asked for.
     cfg = _config(tmp_path, shards)
+    other = _config(tmp_path, shards, "cluster.name=other")
     G, D = build_models(cfg.model)
     ckpt_io.save_checkpoint(tmp_path / "run" / "checkpoints", step=3, models={"G": G, "D": D}, optim={},
-                            state={"config": cfg.to_dict()})
-    with pytest.raises(UserError, match="--resume"):
+                            state={"config": other.to_dict()})
+    with pytest.raises(UserError, match=r"step-00000003 is not this run's checkpoint \(it was trained as run "
+                                        r"'other', this is run 't'\); pass --resume"):
         run_ray(cfg, resume=False)
+
+
+def test_the_launch_plan_names_the_newest_checkpoint(shards: Path, tmp_path: Path) -> None:
+    """The driver's line says where the workers will start: nothing, Ray storage, or the run dir when it is
+    ahead of Ray storage (a crash between saving and reporting). No Ray is started for this."""
+    cfg = resolve_paths(_config(tmp_path, shards))
+    run_ckpts = tmp_path / "run" / "checkpoints"
+    assert stored_checkpoints(str(tmp_path / "storage"), "t") == []  # no run folder at all
+    (tmp_path / "storage" / "t").mkdir(parents=True)
+    assert stored_checkpoints(str(tmp_path / "storage"), "t") == []  # a run folder without a registered checkpoint
+    assert _check_launch(cfg, resume=False).startswith(f"Starting at step 0: no checkpoint in {tmp_path}/storage/t")
+
+    G, D = build_models(cfg.model)
+    ckpt_io.save_checkpoint(run_ckpts, step=3, models={"G": G, "D": D}, optim={}, state={"config": cfg.to_dict()})
+    assert _check_launch(cfg, resume=False) == (f"Resuming from step-00000003 in {run_ckpts} (Ray storage has none: "
+                                                "the last run stopped between saving it and Ray storing it)")
+    # A run dir written with another model is another run, even under the same name.
+    wider = resolve_paths(_config(tmp_path, shards, "model.ngf=16"))
+    with pytest.raises(UserError, match=r"its \[model\] section differs from this run's\); pass --resume"):
+        _check_launch(wider, resume=False)
+    assert _check_launch(wider, resume=True).endswith("(--resume: its [model] section differs from this run's)")
 
 
 def test_a_workers_user_error_reaches_the_driver_as_one_line(local_ray, shards: Path, tmp_path: Path) -> None:
     """Rank 0 cannot create the run dir: the group is torn down (no hang in rank 1's collectives) and the
     driver raises the worker's own one-line message."""
-    from flowergan.errors import UserError
-
     (tmp_path / "a-file").write_text("not a directory")
     cfg = _config(tmp_path, shards, "cluster.max_failures=0")
     cfg.log.run_dir = str(tmp_path / "a-file" / "run")

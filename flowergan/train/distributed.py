@@ -1,10 +1,21 @@
-"""Everything that knows about more than one process, in one place (no Ray here: any launcher works)."""
+"""Everything that knows about more than one process, in one place (no Ray here: any launcher works).
+
+Every collective takes its tensors on the training device. A GPU worker's process group may be NCCL only, and
+NCCL takes CUDA tensors only: a CPU tensor there fails at the first call. Text is exchanged as bytes in device
+tensors, not with the `*_object` collectives, so nothing is unpickled and no device is guessed.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from flowergan.errors import UserError
+
+CHECKPOINT_PREFIX = "step-"  # flowergan.train.checkpoint's directory names: step-00001000
 
 
 def is_distributed() -> bool:
@@ -25,9 +36,10 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
+def barrier(device: torch.device | None = None) -> None:
+    """Wait for every rank; on CUDA name this rank's GPU (NCCL would otherwise guess one)."""
     if is_distributed():
-        dist.barrier()
+        dist.barrier(device_ids=[device.index] if device is not None and device.type == "cuda" else None)
 
 
 def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
@@ -41,7 +53,7 @@ def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) 
 
 
 def all_true(flag: torch.Tensor) -> bool:
-    """True when `flag` (a bool tensor) is true on every rank; one host sync."""
+    """True when `flag` (a bool tensor on the training device) is true on every rank; one host sync."""
     flag = flag.to(torch.int32)
     if is_distributed():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -49,9 +61,79 @@ def all_true(flag: torch.Tensor) -> bool:
 
 
 def mean_across(values: torch.Tensor) -> torch.Tensor:
-    """Average a tensor of logged scalars over ranks (at log intervals only)."""
+    """Average a tensor of logged scalars (on the training device) over ranks (at log intervals only)."""
     if is_distributed():
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= world_size()
     return values
+
+
+def _encode(text: str, device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+
+
+def _decode(data: torch.Tensor) -> str:
+    return bytes(data.tolist()).decode()
+
+
+def broadcast_text(text: str | None, device: torch.device) -> str | None:
+    """Rank 0's `text` (or None) on every rank; the other ranks' argument is ignored."""
+    if not is_distributed():
+        return text
+    size = torch.tensor([-1 if text is None else len(text.encode())], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    n = int(size.item())
+    if n < 0:
+        return None
+    data = _encode(text or "", device) if rank() == 0 else torch.empty(n, dtype=torch.uint8, device=device)
+    if n:
+        dist.broadcast(data, src=0)
+    return _decode(data)
+
+
+def all_gather_text(text: str, device: torch.device) -> list[str]:
+    """Every rank's `text`, in rank order."""
+    if not is_distributed():
+        return [text]
+    data = _encode(text, device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    lengths = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(max(lengths), 1), dtype=torch.uint8, device=device)  # all_gather wants equal sizes
+    padded[:data.numel()] = data
+    gathered = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(gathered, padded)
+    return [_decode(g[:n]) for g, n in zip(gathered, lengths)]
+
+
+def checkpoint_step(path: str | Path | None) -> int:
+    """The step in a checkpoint directory's name (`.../step-00001000` -> 1000); -1 for None or anything else."""
+    name = PurePosixPath(str(path or "")).name
+    digits = name.removeprefix(CHECKPOINT_PREFIX)
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else -1
+
+
+def resume_point(restored: str | None, run_dir: Path, device: torch.device) -> str | None:
+    """Where to continue: the newer of `restored` (the launcher's checkpoint, e.g. Ray Train's, the same on every
+    rank) and the newest complete checkpoint in `run_dir/checkpoints` as rank 0 sees it. Every rank gets the same
+    answer; a newer run-dir checkpoint that some rank cannot read falls back to `restored`, or is an error."""
+    from flowergan.train.checkpoint import list_checkpoints  # safetensors and the models: only when resuming
+
+    newest = None
+    if rank() == 0:
+        found = list_checkpoints(run_dir / "checkpoints")
+        newest = str(found[-1]) if found else None
+    local = broadcast_text(newest, device)
+    if local is None or checkpoint_step(local) <= checkpoint_step(restored):
+        return restored
+    if all_true(torch.tensor(Path(local).is_dir(), device=device)):
+        return local
+    if restored is not None:
+        if rank() == 0:
+            print(f"warning: {local} is newer than {restored} but not visible on every rank; resuming from "
+                  f"{restored} (put log.run_dir on storage all nodes share)", flush=True)
+        return restored
+    raise UserError(f"checkpoint {local} in log.run_dir is not visible on every worker; put log.run_dir on "
+                    "storage shared by all nodes (the PVC) or resume from cluster.storage_path")

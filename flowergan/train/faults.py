@@ -1,26 +1,43 @@
-"""A test hook that kills this process at a chosen step, to prove restarts resume where they should.
+"""A test hook that stops this process at a chosen point, to prove restarts resume where they should.
 
-FLOWERGAN_FAULT_STEP=n kills the process with SIGKILL when it reaches step n, on rank FLOWERGAN_FAULT_RANK
-(default 0). FLOWERGAN_FAULT_ONCE=path makes it happen once: the file is created before the kill.
+FLOWERGAN_FAULT_STEP=n arms it for step n on rank FLOWERGAN_FAULT_RANK (default 0), at the point
+FLOWERGAN_FAULT_POINT names:
+  step   (default) in the training loop, right after optimizer step n;
+  saved  right after checkpoint n is written to the run dir, before Ray Train is told of it (the window in
+         which a crash leaves the run dir ahead of Ray storage).
+FLOWERGAN_FAULT_ACTION says what happens there: `kill` (default) SIGKILLs this process; `hang` stops it for good,
+so a test can kill the driver while the checkpoint exists only in the run dir.
+FLOWERGAN_FAULT_ONCE=path makes it happen once: the file is created first, and an existing file disarms the hook.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
+POINTS = ("step", "saved")
+ACTIONS = ("kill", "hang")
 
-def maybe_inject_fault(step: int, rank: int) -> None:
-    """SIGKILL this process if the fault hook names this step and rank (no-op unless the env var is set)."""
+
+def maybe_inject_fault(step: int, rank: int, point: str = "step") -> None:
+    """Kill or hang this process if the fault hook names this step, rank and point (no-op unless armed)."""
     at = os.environ.get("FLOWERGAN_FAULT_STEP")
     if not at or int(at) != step or int(os.environ.get("FLOWERGAN_FAULT_RANK", "0")) != rank:
         return
+    if os.environ.get("FLOWERGAN_FAULT_POINT", "step") != point:
+        return
+    action = os.environ.get("FLOWERGAN_FAULT_ACTION", "kill")
+    if action not in ACTIONS:
+        raise ValueError(f"FLOWERGAN_FAULT_ACTION={action!r}: expected one of {ACTIONS}")
     once = os.environ.get("FLOWERGAN_FAULT_ONCE")
     if once:
         marker = Path(once)
         if marker.exists():
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"killed at step {step} on rank {rank}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
+        marker.write_text(f"{action} at step {step} ({point}) on rank {rank}\n")
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Event().wait()  # hang: until something outside kills this process

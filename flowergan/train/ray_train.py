@@ -2,13 +2,15 @@
 
 `run_ray(cfg)` starts a `TorchTrainer` whose workers each call `loop.train()`; rank 0 writes the run dir
 (TensorBoard, samples, checkpoints) and every checkpoint is also reported to Ray Train, which copies it to
-`cluster.storage_path/cluster.name/step-XXXXXXXX/`. Resume, in order of preference:
-  1. Ray's own restore: a worker group restarted after a failure (in-run), or a relaunched driver with the
-     same name and storage path (Ray Train V2 reloads `checkpoint_manager_snapshot.json` from storage,
-     ray-project/ray#45516), gets that checkpoint from `ray.train.get_checkpoint()`.
-  2. Otherwise the newest complete checkpoint in `log.run_dir` (a local run continued with `--ray --resume`,
-     or a crash between writing a checkpoint and reporting it). Rank 0 picks it and every rank must see it.
-The global batch `train.batch_size` is split evenly across workers; learning rates are not rescaled.
+`cluster.storage_path/cluster.name/step-XXXXXXXX/` in the background while training goes on.
+Resume: every start (a fresh job, a relaunched driver, a worker group restarted after a failure) continues from
+the newest complete checkpoint it can find, wherever it is:
+  - Ray storage: a restarted worker group, or a relaunched driver with the same name and storage path, gets the
+    newest checkpoint Ray registered from `ray.train.get_checkpoint()` (ray-project/ray#45516);
+  - the run dir: a crash between writing a checkpoint and Ray registering it leaves the run dir ahead of Ray
+    storage. Its newest checkpoint wins when it is newer, so a relaunch never repeats steps or dead-ends.
+A run dir whose newest checkpoint belongs to another run (another `cluster.name` or model) is only continued with
+`--resume`. The global batch `train.batch_size` is split evenly across workers; learning rates are not rescaled.
 """
 
 from __future__ import annotations
@@ -19,21 +21,32 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
 import torch
-import torch.distributed
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointConsistencyMode,
+    CheckpointUploadMode,
+    FailureConfig,
+    Result,
+    RunConfig,
+    ScalingConfig,
+)
+from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Discriminator, Generator
 from flowergan.train import checkpoint as ckpt_io
+from flowergan.train import distributed as dist
+from flowergan.train.faults import maybe_inject_fault
 
 if TYPE_CHECKING:
     from flowergan.train.loop import Evaluate
@@ -43,7 +56,9 @@ MakeEvaluate = Callable[[Config], "Evaluate | None"]  # built in each worker (th
 # Environment variables handed from the driver to every worker (fault hook, Inception weights, ...): workers
 # on other nodes do not inherit the driver's environment.
 ENV_PREFIXES = ("FLOWERGAN_",)
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of reported checkpoints
+# GPU workers: NCCL for CUDA tensors (DDP's gradients, the loop's collectives) and gloo for any CPU tensor, so
+# a collective on the wrong device still works instead of failing the job at its first call.
+GPU_BACKEND = "cpu:gloo,cuda:nccl"
 
 
 def _is_uri(path: str) -> bool:
@@ -78,41 +93,51 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg
 
 
-def _read_text(storage: str, relpath: str) -> str | None:
-    """A small file from local or remote (s3://, gs://) storage; None if it does not exist."""
-    if not _is_uri(storage):
-        p = Path(storage, relpath)
-        return p.read_text() if p.is_file() else None
-    import pyarrow.fs  # a Ray Train dependency; the same filesystem layer Ray uses for storage
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
-    path = f"{root.rstrip('/')}/{relpath}"
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
 def stored_checkpoints(storage: str, name: str) -> list[str]:
     """Checkpoint directory names Ray Train has registered for run `name` in `storage` (oldest first)."""
-    text = _read_text(storage, f"{name}/{SNAPSHOT}")
-    if not text:
-        return []
     try:
-        results = json.loads(text).get("checkpoint_results", [])
-    except json.JSONDecodeError:
+        result = Result.from_path(f"{storage.rstrip('/')}/{name}")
+    except RuntimeError:  # no such run folder, or no checkpoint registered in it yet
         return []
-    return sorted(r["checkpoint_dir_name"] for r in results if isinstance(r, dict) and r.get("checkpoint_dir_name"))
+    return sorted(PurePosixPath(ckpt.path).name for ckpt, _metrics in result.best_checkpoints or [])
 
 
-def _check_launch(cfg: Config, resume: bool) -> list[str]:
-    """Refuse to silently mix runs: a run dir with checkpoints but nothing in Ray storage needs --resume."""
+def _other_run(ckpt: Path, cfg: Config) -> str | None:
+    """Why checkpoint `ckpt` belongs to another run than `cfg` (another run name or model); None if it is ours."""
+    try:
+        stored = json.loads((ckpt / ckpt_io.STATE).read_text()).get("config", {})
+    except (OSError, json.JSONDecodeError):
+        return f"its {ckpt_io.STATE} cannot be read"
+    name = stored.get("cluster", {}).get("name", "")
+    if name != cfg.cluster.name:
+        return f"it was trained as run {name!r}, this is run {cfg.cluster.name!r}"
+    if stored.get("model") != json.loads(json.dumps(cfg.to_dict()["model"])):
+        return "its [model] section differs from this run's"
+    return None
+
+
+def _check_launch(cfg: Config, resume: bool) -> str:
+    """Where the workers will resume from, as one line for the log; refuses to continue another run's checkpoints
+    without --resume. Also checks the data as rank 0 will see it, before any worker starts."""
+    where = f"{cfg.cluster.storage_path.rstrip('/')}/{cfg.cluster.name}"
     in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
+    newest = in_storage[-1] if in_storage else None
     local = ckpt_io.list_checkpoints(Path(cfg.log.run_dir) / "checkpoints") if not _is_uri(cfg.log.run_dir) else []
-    if local and not in_storage and not resume:
-        raise UserError(f"{cfg.log.run_dir} already holds checkpoints ({local[-1].name}) that Ray storage "
-                        f"{cfg.cluster.storage_path}/{cfg.cluster.name} does not know; pass --resume to continue "
-                        "from them, or choose a new --run-dir")
+    if local and dist.checkpoint_step(local[-1]) > dist.checkpoint_step(newest):
+        other = _other_run(local[-1], cfg)
+        if other and not resume:
+            raise UserError(f"{local[-1]} is not this run's checkpoint ({other}); pass --resume to continue from "
+                            "it anyway, or choose a new --run-dir")
+        if other:
+            why = f"--resume: {other}"
+        else:
+            ahead = f"newer than Ray storage's newest, {newest}" if newest else "Ray storage has none"
+            why = f"{ahead}: the last run stopped between saving it and Ray storing it"
+        plan = f"Resuming from {local[-1].name} in {local[-1].parent} ({why})"
+    elif newest:
+        plan = f"Resuming from {newest} in {where} (Ray storage)"
+    else:
+        plan = f"Starting at step 0: no checkpoint in {where} or in {cfg.log.run_dir}/checkpoints"
     # Pre-flight of the data as rank 0 will see it (manifest, resolution, shards per reader): a bad path fails
     # here in a second instead of in every worker, max_failures times over. Cached streams are checked by the
     # workers themselves (their memory, not the driver's, is what counts).
@@ -123,7 +148,7 @@ def _check_launch(cfg: Config, resume: bool) -> list[str]:
                      resolution=cfg.model.resolution, rank=0, world_size=cfg.cluster.workers, seed=cfg.train.seed)
     else:
         read_manifest(cfg.data.path)
-    return in_storage
+    return plan
 
 
 def _worker_env() -> dict[str, str]:
@@ -142,16 +167,17 @@ def _check_devices(cfg: Config) -> None:
 def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = None) -> dict[str, Any]:
     """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's metrics at the last checkpoint.
 
-    A run whose name already has checkpoints in `cluster.storage_path` always continues from the newest (that
-    is how a retried job resumes). `resume=True` is only needed to continue from checkpoints that exist in
-    `log.run_dir` but not in Ray storage (e.g. a run trained without Ray); without it such a run dir is an error.
+    Every start continues from the newest complete checkpoint in Ray storage or the run dir (that is how a
+    retried job resumes, with or without `--resume`). `resume=True` is only needed to continue from a run dir
+    whose newest checkpoint belongs to another run (another `cluster.name` or model, e.g. a plain local run).
     `make_evaluate(cfg)` builds the in-training evaluation in each worker, from the paths as the workers see them.
     """
     _check_devices(cfg)
     cfg = resolve_paths(cfg)
     cc = cfg.cluster
     # Through Ray Client the driver's files are not the cluster's: storage and data are checked by the workers.
-    in_storage = _check_launch(cfg, resume) if not _remote_driver(cfg) else []
+    plan = _check_launch(cfg, resume) if not _remote_driver(cfg) else \
+        f"the workers look for checkpoints in {cc.storage_path.rstrip('/')}/{cc.name} and {cfg.log.run_dir}"
     use_gpu = cc.gpus_per_worker > 0
     resources = {"CPU": cc.cpus_per_worker, **({"GPU": cc.gpus_per_worker} if use_gpu else {})}
 
@@ -159,22 +185,19 @@ def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = N
     if started_here:
         ray.init(address=cc.address or None, log_to_driver=True)
     try:
-        where = f"{cc.storage_path.rstrip('/')}/{cc.name}"
-        if _remote_driver(cfg):
-            note = "the workers look for checkpoints there"
-        else:
-            note = f"resuming from {in_storage[-1]}" if in_storage else "no checkpoint there yet"
-        print(f"Ray Train: {cc.workers} worker(s) x {resources}, run '{cc.name}' in {where} ({note})", flush=True)
+        print(f"Ray Train: {cc.workers} worker(s) x {resources}, run '{cc.name}'. {plan}", flush=True)
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"config": cfg.to_dict(), "env": _worker_env(), "make_evaluate": make_evaluate},
+            train_loop_config={"config": cfg.to_dict(), "make_evaluate": make_evaluate},
+            torch_config=TorchConfig(backend=GPU_BACKEND if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=cc.workers, use_gpu=use_gpu, resources_per_worker=resources),
             run_config=RunConfig(
                 name=cc.name,
                 storage_path=cc.storage_path,
                 failure_config=FailureConfig(max_failures=cc.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cc.num_to_keep),
-            ),
+                worker_runtime_env={"env_vars": _worker_env()},
+            ),  # type: ignore[call-arg]  # mypy reads ray.train's Train V1 RunConfig; V2 (2.60's default) has it
         )
         try:
             result = trainer.fit()
@@ -213,20 +236,19 @@ class _DDPModules:
     seen both), so every checkpoint report can prove that all ranks hold the same parameters."""
 
     def __init__(self) -> None:
-        self.found: list[nn.Module] = []
-        self.handle = nn.modules.module.register_module_forward_pre_hook(self._see)
+        self.found: list[nn.Module] = []  # the plain modules inside the DDP wrappers
+        self.handle: RemovableHandle | None = nn.modules.module.register_module_forward_pre_hook(self._see)
 
     def _see(self, module: nn.Module, args: Any) -> None:
-        if isinstance(module, nn.parallel.DistributedDataParallel) and all(m is not module for m in self.found):
-            self.found.append(module)
+        if isinstance(module, nn.parallel.DistributedDataParallel) and all(m is not module.module for m in self.found):
+            self.found.append(module.module)
             if len(self.found) == 2:
                 self.close()
 
     def digest(self) -> str:
         """Hash of this rank's G and D parameters ('' before both have run)."""
         tags = {Generator: "G", Discriminator: "D"}
-        named = [(f"{tags[type(m.module)]}.{n}", p) for m in self.found if type(m.module) in tags
-                 for n, p in m.module.named_parameters()]
+        named = [(f"{tags[type(m)]}.{n}", p) for m in self.found if type(m) in tags for n, p in m.named_parameters()]
         return params_digest(named) if len(self.found) == 2 else ""
 
     def close(self) -> None:
@@ -244,26 +266,15 @@ def params_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-def _local_resume_point(run_dir: Path) -> Path | None:
-    """The newest checkpoint in the run dir as rank 0 sees it, agreed on by every rank (or a clear error)."""
-    pick = [None]
-    if torch.distributed.get_rank() == 0:
-        found = ckpt_io.list_checkpoints(run_dir / "checkpoints")
-        pick = [str(found[-1]) if found else None]
-    torch.distributed.broadcast_object_list(pick, src=0)
-    path = Path(pick[0]) if pick[0] else None
-    visible = torch.tensor([1 if path is None or path.is_dir() else 0])
-    torch.distributed.all_reduce(visible, op=torch.distributed.ReduceOp.MIN)
-    if not visible.item():
-        raise UserError(f"checkpoint {path} in log.run_dir is not visible on every worker; put log.run_dir on "
-                        "storage shared by all nodes (the PVC) or resume from cluster.storage_path")
-    return path
+def _upload_mode(cfg: Config) -> CheckpointUploadMode:
+    """Upload to Ray storage in the background while training goes on, unless the run dir keeps one checkpoint:
+    rank 0 then deletes the previous checkpoint while saving the next, possibly under a running upload."""
+    return CheckpointUploadMode.ASYNC if cfg.train.keep_checkpoints >= 2 else CheckpointUploadMode.SYNC
 
 
 def _train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: rebuild the config, find the resume point, run the loop, report checkpoints."""
-    os.environ.update(config["env"])
-    from flowergan.train.loop import train  # after the env is set: the fault hook reads it
+    from flowergan.train.loop import train
 
     cfg = from_dict(config["config"])
     if cfg.cluster.gpus_per_worker > 0:
@@ -271,26 +282,33 @@ def _train_worker(config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-
+    rank = ray.train.get_context().get_world_rank()
+    upload = _upload_mode(cfg)
     ddp = _DDPModules() if not cfg.train.compile else None  # global hooks and torch.compile do not mix
 
     def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
         # Every rank reports the same number of times; only rank 0 has a directory to upload. Each report
         # carries every rank's hash of its G and D parameters: equal hashes prove DDP kept the ranks in step.
-        digests = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(digests, ddp.digest() if ddp is not None else "")
+        digests = dist.all_gather_text(ddp.digest() if ddp is not None else "", device)
+        maybe_inject_fault(step, rank, point="saved")
+        if path is not None and upload is CheckpointUploadMode.ASYNC:
+            # At most one upload in flight: the previous one is done before this one starts, so the checkpoint
+            # rank 0 prunes at its next save (never the newest two) has reached Ray storage.
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
         ckpt = Checkpoint.from_directory(str(path)) if path is not None else None
         ray.train.report({"step": step, **metrics, "Check/params_digest": digests}, checkpoint=ckpt,
-                         checkpoint_dir_name=path.name if path is not None else None)
+                         checkpoint_dir_name=path.name if path is not None else None,
+                         checkpoint_upload_mode=upload, delete_local_checkpoint_after_upload=False)
 
     with contextlib.ExitStack() as stack:
         restored = ray.train.get_checkpoint()
-        if restored is not None:
-            resume_from: Path | None = Path(stack.enter_context(restored.as_directory()))
-        else:
-            resume_from = _local_resume_point(Path(cfg.log.run_dir))
-        if resume_from is not None and ray.train.get_context().get_world_rank() == 0:
-            print(f"rank 0: resuming from {resume_from}", flush=True)
+        start = dist.resume_point(restored.path if restored is not None else None, Path(cfg.log.run_dir), device)
+        resume_from = None
+        if start is not None:
+            in_ray = restored is not None and start == restored.path
+            resume_from = Path(stack.enter_context(restored.as_directory())) if in_ray else Path(start)
+            if rank == 0:
+                print(f"rank 0: resuming from {start} ({'Ray storage' if in_ray else 'the run dir'})", flush=True)
         make_evaluate = config.get("make_evaluate")
         train(cfg, resume=resume_from is not None, resume_from=resume_from, device=device,
               on_checkpoint=on_checkpoint, evaluate=make_evaluate(cfg) if make_evaluate is not None else None)
