@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,13 +13,25 @@ from flowergan.cli import app
 data_app = typer.Typer(no_args_is_help=True, help="Turn images into validated WebDataset shards.")
 app.add_typer(data_app, name="data")
 
-_SIZE = typer.Option(64, "--size", help="Side of the square output images in pixels (64 and 128 are the model sizes).")
-_WORKERS = typer.Option(min(4, os.cpu_count() or 1), "--workers", "-j", help="Worker processes.")
-_SHARD_SIZE = typer.Option(0, "--shard-size", help="Max samples per shard (0 = auto: <= 1000 and >= 32 shards).")
-_SEED = typer.Option(0, "--seed", help="Seed of the shuffle across shards (synth: also of the drawings).")
-_FORCE = typer.Option(False, "--force", help="Write into a non-empty folder that holds no flowergan manifest.")
-_PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
-_DRY_RUN = typer.Option(False, "--dry-run", help="Check the options, print what would be done, write nothing.")
+# Options shared by the commands that write shards (Annotated aliases keep each signature one line per few options).
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards + manifest.json.")]
+Size = Annotated[int, typer.Option("--size", help="Side of the square output images in pixels (64 and 128 are the "
+                                                  "model sizes).")]
+Format = Annotated[str, typer.Option("--format", help="png (lossless, default) | jpg | webp (JPEG artefacts raise "
+                                                      "FID).")]
+Quality = Annotated[int, typer.Option("--quality", help="jpg/webp quality 1-100 (webp 100 = lossless).")]
+Split = Annotated[str, typer.Option("--split", help="Keep only these splits, comma-separated (Oxford-102: "
+                                                    "train,val,test); '' = all.")]
+ShardSize = Annotated[int, typer.Option("--shard-size", help="Max samples per shard (0 = auto: <= 1000 and >= 32 "
+                                                             "shards).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the shuffle across shards (synth: also of the drawings).")]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="Worker processes.")]
+Force = Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that holds no flowergan "
+                                                     "manifest.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the options, print what would be done, write "
+                                                        "nothing.")]
+WORKERS = min(4, os.cpu_count() or 1)
 
 
 def _plan(what: str, **options) -> None:
@@ -28,43 +41,40 @@ def _plan(what: str, **options) -> None:
         typer.echo(f"  {k:<12} {v}")
 
 
-def _image_options(size: int, fmt: str, quality: int, crop: str, min_size: int):
+def _shard_options(*, size: int, fmt: str, quality: int, crop: str = "center", min_size: int = 0, split: str,
+                   shard_size: int, seed: int, workers: int, **extra):
+    """ShardOptions from the command line, checked (so --dry-run fails on what the real run would fail on)."""
+    from flowergan.data.build import ShardOptions, check_image_options
     from flowergan.data.images import ImageOptions
 
-    return ImageOptions(size=size, crop=crop, format=fmt, quality=quality, min_size=min_size)
+    opts = ShardOptions(image=ImageOptions(size=size, crop=crop, format=fmt, quality=quality, min_size=min_size),
+                        shard_size=shard_size, seed=seed, workers=workers,
+                        splits=tuple(s.strip() for s in split.split(",") if s.strip()), **extra)
+    check_image_options(opts.image)
+    return opts
 
 
 @data_app.command()
 def shard(
-    src: Path = typer.Argument(..., help="A folder of class folders, a flat folder, a .tar/.tar.gz/.tgz/.zip of "
-                                         "either, or the Oxford-102 layout (jpg/ + imagelabels.mat + setid.mat)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for shards + manifest.json."),
-    size: int = _SIZE,
-    fmt: str = typer.Option("png", "--format", help="png (lossless, default) | jpg | webp (JPEG artefacts raise FID)."),
-    quality: int = typer.Option(95, "--quality", help="jpg/webp quality 1-100 (webp 100 = lossless)."),
-    crop: str = typer.Option("center", "--crop", help="center: centre-crop to a square | none: squeeze the whole "
-                                                      "picture to a square."),
-    min_size: int = typer.Option(0, "--min-size", help="Reject images whose short side is below this (0 = upscale "
-                                                       "small images, with a warning)."),
-    layout: str = typer.Option("auto", "--layout", help="auto | folders | flat | oxford102 | oxford17."),
-    split: str = typer.Option("", "--split", help="Keep only these splits, comma-separated (Oxford-102: train,val,"
-                                                  "test); '' = all."),
-    name: str = typer.Option("", "--name", help="Shard file prefix ('' = the source's name)."),
-    shard_size: int = _SHARD_SIZE,
-    seed: int = _SEED,
-    workers: int = _WORKERS,
-    force: bool = _FORCE,
-    progress: bool = _PROGRESS,
-    dry_run: bool = _DRY_RUN,
+    src: Annotated[Path, typer.Argument(help="A folder of class folders, a flat folder, a .tar/.tar.gz/.tgz/.zip of "
+                                             "either, or the Oxford-102 layout (jpg/ + imagelabels.mat + setid.mat).")],
+    out: Out, size: Size = 64, fmt: Format = "png", quality: Quality = 95,
+    crop: Annotated[str, typer.Option("--crop", help="center: centre-crop to a square | none: squeeze the whole "
+                                                     "picture to a square.")] = "center",
+    min_size: Annotated[int, typer.Option("--min-size", help="Reject images whose short side is below this (0 = "
+                                                             "upscale small images, with a warning).")] = 0,
+    layout: Annotated[str, typer.Option("--layout", help="auto | folders | flat | oxford102 | oxford17.")] = "auto",
+    split: Split = "", name: Annotated[str, typer.Option("--name", help="Shard file prefix ('' = the source's "
+                                                                         "name).")] = "",
+    shard_size: ShardSize = 0, seed: Seed = 0, workers: Workers = WORKERS, force: Force = False,
+    progress: Progress = True, dry_run: DryRun = False,
 ) -> None:
     """Turn a folder or archive of images into validated WebDataset shards + manifest.json."""
-    from flowergan.data.build import ShardOptions, check_image_options, shard_source
+    from flowergan.data.build import shard_source
 
-    opts = ShardOptions(image=_image_options(size, fmt, quality, crop, min_size), layout=layout,
-                        shard_size=shard_size, seed=seed, workers=workers, name=name,
-                        splits=tuple(s.strip() for s in split.split(",") if s.strip()))
+    opts = _shard_options(size=size, fmt=fmt, quality=quality, crop=crop, min_size=min_size, split=split,
+                          shard_size=shard_size, seed=seed, workers=workers, layout=layout, name=name)
     if dry_run:
-        check_image_options(opts.image)
         _plan(f"would shard {src} -> {out}", size=size, format=fmt, quality=quality, crop=crop,
               min_size=min_size, layout=layout, splits=split or "all", shard_size=shard_size or "auto",
               seed=seed, workers=workers)
@@ -74,15 +84,9 @@ def shard(
 
 @data_app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for shards + manifest.json."),
-    n: int = typer.Option(4096, "--n", help="Number of images."),
-    size: int = _SIZE,
-    seed: int = _SEED,
-    shard_size: int = _SHARD_SIZE,
-    workers: int = _WORKERS,
-    force: bool = _FORCE,
-    progress: bool = _PROGRESS,
-    dry_run: bool = _DRY_RUN,
+    out: Out, n: Annotated[int, typer.Option("--n", help="Number of images.")] = 4096, size: Size = 64,
+    seed: Seed = 0, shard_size: ShardSize = 0, workers: Workers = WORKERS, force: Force = False,
+    progress: Progress = True, dry_run: DryRun = False,
 ) -> None:
     """Write SynthFlowers: procedural flowers with 48 known modes (6 petal counts x 8 hues; the label)."""
     from flowergan.data.synth import write_synthflowers
@@ -97,34 +101,25 @@ def synth(
 
 @data_app.command()
 def fetch(
-    dataset: str = typer.Argument(..., help="oxford102 | oxford17 | tf-flowers"),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for shards + manifest.json."),
-    size: int = _SIZE,
-    fmt: str = typer.Option("png", "--format", help="png | jpg | webp."),
-    quality: int = typer.Option(95, "--quality", help="jpg/webp quality."),
-    split: str = typer.Option("", "--split", help="Keep only these splits (oxford102: train,val,test)."),
-    mirror: str = typer.Option("", "--mirror", help="Base URL of a mirror holding the same files (checksums are "
-                                                    "still verified)."),
-    keep_downloads: bool = typer.Option(False, "--keep-downloads", help="Keep the archives in OUT/.downloads."),
-    shard_size: int = _SHARD_SIZE,
-    seed: int = _SEED,
-    workers: int = _WORKERS,
-    force: bool = _FORCE,
-    progress: bool = _PROGRESS,
-    dry_run: bool = _DRY_RUN,
+    dataset: Annotated[str, typer.Argument(help="oxford102 | oxford17 | tf-flowers")],
+    out: Out, size: Size = 64, fmt: Format = "png", quality: Quality = 95, split: Split = "",
+    mirror: Annotated[str, typer.Option("--mirror", help="Base URL of a mirror holding the same files (checksums "
+                                                         "are still verified).")] = "",
+    keep_downloads: Annotated[bool, typer.Option("--keep-downloads", help="Keep the archives in "
+                                                                          "OUT/.downloads.")] = False,
+    shard_size: ShardSize = 0, seed: Seed = 0, workers: Workers = WORKERS, force: Force = False,
+    progress: Progress = True, dry_run: DryRun = False,
 ) -> None:
     """Download a public flower data set (checksums verified, resumable), unpack it safely and shard it."""
-    from flowergan.data.build import ShardOptions, check_image_options
     from flowergan.data.fetch import DATASETS
     from flowergan.data.fetch import fetch as fetch_dataset
     from flowergan.errors import UserError
 
-    opts = ShardOptions(image=_image_options(size, fmt, quality, "center", 0), shard_size=shard_size, seed=seed,
-                        workers=workers, splits=tuple(s.strip() for s in split.split(",") if s.strip()))
+    opts = _shard_options(size=size, fmt=fmt, quality=quality, split=split, shard_size=shard_size, seed=seed,
+                          workers=workers)
     if dry_run:
-        if dataset not in DATASETS:
+        if dataset not in DATASETS:  # (the real run checks this in fetch_dataset)
             raise UserError(f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
-        check_image_options(opts.image)
         files = {f.url.rsplit("/", 1)[1]: (f"{mirror.rstrip('/')}/{f.url.rsplit('/', 1)[1]}" if mirror else f.url)
                  for f in DATASETS[dataset].files}
         _plan(f"would fetch {dataset} -> {out}: {DATASETS[dataset].about}", **files, size=size, format=fmt,
@@ -135,7 +130,8 @@ def fetch(
 
 
 @data_app.command()
-def verify(path: Path = typer.Argument(..., help="A shard folder with manifest.json.")) -> None:
+def verify(path: Annotated[str, typer.Argument(help="A shard folder with manifest.json, its manifest, or a URL / "
+                                                    "pipe: template as data.path takes it.")]) -> None:
     """Re-hash every shard and decode every sample; exit non-zero naming the first problem."""
     from flowergan.data.shards import verify as verify_shards
 

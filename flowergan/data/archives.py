@@ -6,13 +6,16 @@ file contents ourselves instead of calling tarfile/zipfile extraction, so no mem
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from flowergan.errors import UserError
 
@@ -66,48 +69,97 @@ def _inside(root: Path, rel: PurePosixPath) -> Path | None:
     return dest if dest == root or root in dest.parents else None
 
 
-def _extract_tar(archive: Path, root: Path, result: Extracted) -> None:
+@dataclass(frozen=True)
+class _Member:
+    """One archive member, tar or zip alike: its name, what it is, its declared size and how to read it."""
+
+    name: str
+    kind: str  # "dir", "file", or the reason it is refused ("refused: ...")
+    size: int
+    open: Callable[[], BinaryIO]
+
+
+def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
+    for m in tf:
+        if m.isdir():
+            kind = "dir"
+        elif m.issym() or m.islnk():
+            kind = f"refused: link to {m.linkname!r}"
+        elif m.ischr() or m.isblk() or m.isfifo():
+            kind = "refused: device or FIFO"
+        elif not m.isreg():
+            kind = "refused: not a regular file"
+        else:
+            kind = "file"
+        yield _Member(m.name, kind, m.size, functools.partial(tf.extractfile, m))
+
+
+def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
+    for info in zf.infolist():
+        mode = stat.S_IFMT(info.external_attr >> 16)
+        if info.is_dir():
+            kind = "dir"
+        elif mode == stat.S_IFLNK:
+            kind = "refused: symbolic link"
+        elif mode not in (0, stat.S_IFREG):
+            kind = "refused: device, FIFO or other special file"
+        elif info.flag_bits & 0x1:
+            kind = "refused: encrypted member"
+        else:
+            kind = "file"
+        yield _Member(info.filename, kind, info.file_size, functools.partial(zf.open, info))
+
+
+def _extract_members(members: Iterator[_Member], root: Path, result: Extracted,
+                     damaged: tuple[type[BaseException], ...] = ()) -> None:
+    """The one member check for every archive type: write the safe regular files, report the rest.
+
+    `damaged`: errors that spoil one member only (a zip's members are independent; a tar stream is not).
+    """
     seen: set[str] = set()
+    for m in members:
+        rel = safe_member_path(m.name)
+        if isinstance(rel, str):
+            result.refused.append((m.name, rel))
+            continue
+        if m.kind == "dir":
+            continue
+        if m.kind != "file":
+            result.refused.append((m.name, m.kind))
+            continue
+        dest = _inside(root, rel)
+        if dest is None:
+            result.refused.append((m.name, "refused: would be written outside the output folder"))
+            continue
+        if str(rel) in seen:
+            result.refused.append((m.name, "refused: second member with the same name"))
+            continue
+        seen.add(str(rel))
+        try:
+            with m.open() as src:
+                _copy_capped(src, dest, m.size)
+        except ValueError as e:
+            dest.unlink(missing_ok=True)
+            result.refused.append((m.name, str(e)))
+            continue
+        except (NotADirectoryError, IsADirectoryError, FileExistsError):
+            result.refused.append((m.name, "refused: a file and a folder share this path"))
+            continue
+        except damaged as e:
+            dest.unlink(missing_ok=True)
+            result.refused.append((m.name, f"damaged member: {e}"))
+            continue
+        result.files += 1
+
+
+def _extract_tar(archive: Path, root: Path, result: Extracted) -> None:
     try:
         tf = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError) as e:
         raise UserError(f"{archive}: not a readable tar archive ({e})") from None
     with tf:
         try:
-            for m in tf:
-                rel = safe_member_path(m.name)
-                if isinstance(rel, str):
-                    result.refused.append((m.name, rel))
-                    continue
-                if m.isdir():
-                    continue
-                if m.issym() or m.islnk():
-                    result.refused.append((m.name, f"refused: link to {m.linkname!r}"))
-                    continue
-                if m.ischr() or m.isblk() or m.isfifo():
-                    result.refused.append((m.name, "refused: device or FIFO"))
-                    continue
-                if not m.isreg():
-                    result.refused.append((m.name, "refused: not a regular file"))
-                    continue
-                dest = _inside(root, rel)
-                if dest is None:
-                    result.refused.append((m.name, "refused: would be written outside the output folder"))
-                    continue
-                if str(rel) in seen:
-                    result.refused.append((m.name, "refused: second member with the same name"))
-                    continue
-                seen.add(str(rel))
-                try:
-                    _copy_capped(tf.extractfile(m), dest, m.size)
-                except ValueError as e:
-                    dest.unlink(missing_ok=True)
-                    result.refused.append((m.name, str(e)))
-                    continue
-                except (NotADirectoryError, IsADirectoryError, FileExistsError):
-                    result.refused.append((m.name, "refused: a file and a folder share this path"))
-                    continue
-                result.files += 1
+            _extract_members(_tar_members(tf), root, result)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise UserError(f"{archive}: the archive is damaged after {result.files} files ({e}); "
                             "download it again") from None
@@ -118,48 +170,8 @@ def _extract_zip(archive: Path, root: Path, result: Extracted) -> None:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{archive}: not a readable zip archive ({e})") from None
-    seen: set[str] = set()
     with zf:
-        for info in zf.infolist():
-            rel = safe_member_path(info.filename)
-            if isinstance(rel, str):
-                result.refused.append((info.filename, rel))
-                continue
-            if info.is_dir():
-                continue
-            kind = stat.S_IFMT(info.external_attr >> 16)
-            if kind == stat.S_IFLNK:
-                result.refused.append((info.filename, "refused: symbolic link"))
-                continue
-            if kind not in (0, stat.S_IFREG):
-                result.refused.append((info.filename, "refused: device, FIFO or other special file"))
-                continue
-            if info.flag_bits & 0x1:
-                result.refused.append((info.filename, "refused: encrypted member"))
-                continue
-            dest = _inside(root, rel)
-            if dest is None:
-                result.refused.append((info.filename, "refused: would be written outside the output folder"))
-                continue
-            if str(rel) in seen:
-                result.refused.append((info.filename, "refused: second member with the same name"))
-                continue
-            seen.add(str(rel))
-            try:
-                with zf.open(info) as src:
-                    _copy_capped(src, dest, info.file_size)
-            except ValueError as e:
-                dest.unlink(missing_ok=True)
-                result.refused.append((info.filename, str(e)))
-                continue
-            except (NotADirectoryError, IsADirectoryError, FileExistsError):
-                result.refused.append((info.filename, "refused: a file and a folder share this path"))
-                continue
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                dest.unlink(missing_ok=True)
-                result.refused.append((info.filename, f"damaged member: {e}"))
-                continue
-            result.files += 1
+        _extract_members(_zip_members(zf), root, result, damaged=(zipfile.BadZipFile, OSError, EOFError))
 
 
 def extract(archive: Path, root: Path) -> Extracted:

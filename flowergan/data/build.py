@@ -207,19 +207,21 @@ def shard_source(src: str | Path, out: str | Path, opts: ShardOptions = ShardOpt
         fp = hashlib.sha256(f"{source.kind}\n".encode() + "".join(sorted(hashes)).encode()).hexdigest()
         info = {"path": str(src), "layout": source.kind, "files": len(items), "fingerprint": fp}
         info.update(source_info or {})
-        manifest = finish(staging, samples=samples, classes=source.classes, kind="images",
-                          name=opts.name or _source_name(src), image=opts.image, shard_size=opts.shard_size,
-                          seed=opts.seed, source=info, rejected=rejected, duplicates=duplicates, warnings=warnings,
-                          ignored=[{"path": p, "reason": r} for p, r in source.ignored])
+        return finish(staging, console, t0, samples=samples, classes=source.classes, kind="images",
+                      name=opts.name or _source_name(src), image=opts.image, shard_size=opts.shard_size,
+                      seed=opts.seed, source=info, rejected=rejected, duplicates=duplicates, warnings=warnings,
+                      ignored=[{"path": p, "reason": r} for p, r in source.ignored])
     finally:
         staging.close()
-    print_summary(console, manifest, out, time.perf_counter() - t0)
-    return manifest
 
 
-def finish(staging: Staging, *, samples: list[dict[str, Any]], classes: list[str], kind: str, name: str,
-           image: ImageOptions, shard_size: int, seed: int, source: dict[str, Any], **reports: Any) -> dict[str, Any]:
-    """Write shards + manifest in the staging folder and publish them into --out."""
+def finish(staging: Staging, console: Console, started: float, *, samples: list[dict[str, Any]],
+           classes: list[str], kind: str, name: str, image: ImageOptions, shard_size: int, seed: int,
+           source: dict[str, Any], **reports: Any) -> dict[str, Any]:
+    """Write shards + manifest in the staging folder, publish them into --out, print the summary; the manifest.
+
+    `started`: time.perf_counter() when the command began (the summary's throughput).
+    """
     shards_dir = staging.path / "shards"
     shard_size = shard_size or auto_shard_size(len(samples))
     shards = write_shards(samples, shards_dir, _safe_name(name), image.format, shard_size, seed)
@@ -227,6 +229,7 @@ def finish(staging: Staging, *, samples: list[dict[str, Any]], classes: list[str
                              quality=None if image.format == "png" else image.quality, crop=image.crop,
                              classes=classes, samples=samples, shards=shards, seed=seed, source=source, **reports)
     staging.publish(shards_dir, manifest)
+    print_summary(console, manifest, staging.out, time.perf_counter() - started)
     return manifest
 
 
@@ -260,16 +263,10 @@ def print_summary(console: Console, manifest: dict[str, Any], out: Path, seconds
     console.print(f"kept {manifest['num_samples']}, rejected {len(manifest['rejected'])}, "
                   f"duplicates {len(manifest['duplicates'])}, upscaled/warnings {len(manifest['warnings'])}, "
                   f"ignored {len(manifest['ignored'])}; {size_mb:.1f} MB in {seconds:.1f} s ({rate:.0f} images/s)")
-    if manifest["rejected"]:
-        console.print("rejected:")
-        for line in _short(manifest["rejected"], "reason"):
-            console.print(line, markup=False, highlight=False)
-    if manifest["warnings"]:
-        console.print("warnings:")
-        for line in _short(manifest["warnings"], "warning"):
-            console.print(line, markup=False, highlight=False)
-    if manifest["duplicates"]:
-        console.print("duplicates (kept once):")
-        for line in _short(manifest["duplicates"], "duplicate_of"):
-            console.print(line, markup=False, highlight=False)
+    for key, title, detail in (("rejected", "rejected:", "reason"), ("warnings", "warnings:", "warning"),
+                               ("duplicates", "duplicates (kept once):", "duplicate_of")):
+        if manifest[key]:
+            console.print(title)
+            for line in _short(manifest[key], detail):
+                console.print(line, markup=False, highlight=False)
     console.print(f"wrote {out / MANIFEST}", markup=False, highlight=False)

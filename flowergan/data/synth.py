@@ -226,7 +226,7 @@ def write_synthflowers(out: str | Path, *, n: int, size: int = 64, seed: int = 0
     # Imported here so the drawing functions (which the eval oracle uses) need nothing but numpy.
     from rich.console import Console
 
-    from flowergan.data.build import Staging, finish, parallel_map, print_summary
+    from flowergan.data.build import Staging, finish, parallel_map
     from flowergan.data.images import ImageOptions
     from flowergan.errors import UserError
     from flowergan.progress import progress_bar
@@ -254,12 +254,11 @@ def write_synthflowers(out: str | Path, *, n: int, size: int = 64, seed: int = 0
                 bar.advance(task, len(chunk))
         source = {"generator": "synthflowers", "version": SYNTH_VERSION, "seed": seed, "n": n, "modes": NUM_MODES,
                   "petal_counts": list(PETAL_COUNTS), "hues": [h[0] for h in HUES]}
-        manifest = finish(staging, samples=samples, classes=names, kind="synthflowers", name="synthflowers",
-                          image=ImageOptions(size=size), shard_size=shard_size, seed=seed, source=source)
+        return finish(staging, console, t0, samples=samples, classes=names, kind="synthflowers",
+                      name="synthflowers", image=ImageOptions(size=size), shard_size=shard_size, seed=seed,
+                      source=source)
     finally:
         staging.close()
-    print_summary(console, manifest, out, time.perf_counter() - t0)
-    return manifest
 
 
 def mode_grid(size: int = 64, seed: int = 0, per_mode: int = 1, pad: int = 2) -> np.ndarray:
