@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

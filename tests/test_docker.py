@@ -1,5 +1,6 @@
-"""The Dockerfile (no Docker engine here): hadolint finds no errors, the base and every install are pinned, it runs
-as non-root, bakes the FID weights at the path it advertises, copies only what .dockerignore lets through, and
+"""The Dockerfile (no Docker engine here): hadolint finds no errors, the base is Ray's GPU image for the manifests'
+Ray version, every Python package is pinned by .ci/constraints.txt (the versions the tests run, torch included), it
+runs as non-root, bakes the FID weights at the path it advertises, copies only what .dockerignore lets through, and
 its commands are the project's console scripts."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ else:  # pragma: no cover - Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
+CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
 BIN = Path(sys.executable).parent
 INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -82,41 +84,102 @@ def test_hadolint_is_really_checking(tmp_path: Path) -> None:
     assert {"DL3006", "DL3013"} <= codes, codes
 
 
-def test_base_image_and_installs_are_pinned() -> None:
-    (base,) = [a for i, a in instructions() if i == "FROM"]
-    assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", base) and not base.endswith(":latest"), base
-    assert "cuda" in base and "runtime" in base, "a CUDA runtime base with PyTorch is expected"
-    for run in (a for i, a in instructions() if i == "RUN"):
-        for m in re.finditer(r"pip install (.*?)(?:&&|$)", run):
-            for req in shlex.split(m.group(1)):
-                if req.startswith("-") or req == ".":
-                    continue
-                assert "==" in req, f"unpinned pip requirement in the Dockerfile: {req}"
-    runs = " ".join(a for i, a in instructions() if i == "RUN")
-    assert re.search(r'"ray\[[^]]*default[^]]*\]==\$\{RAY_VERSION\}"', runs), \
-        "ray[default] (dashboard + job server for `ray job submit`) pinned to RAY_VERSION"
-    assert "--no-deps ." in runs, "the project is installed without unpinned dependencies"
+def _expand(text: str) -> str:
+    """${NAME} replaced by the Dockerfile's ARG defaults."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: args().get(m.group(1), m.group(0)), text)
 
 
-def test_pins_match_the_project_dependencies() -> None:
-    """Every runtime dependency of pyproject.toml is pinned in the image or comes from the base (torch, numpy)."""
+def pins() -> dict[str, str]:
+    """{normalised name: version} from .ci/constraints.txt."""
+    out = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not name==version"
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return out
+
+
+def pip_installs() -> list[list[str]]:
+    """The arguments of every `pip install` in the Dockerfile."""
+    runs = [a for i, a in instructions() if i == "RUN"]
+    return [shlex.split(m.group(1)) for r in runs for m in re.finditer(r"pip install (.*?)(?:&&|$)", r)]
+
+
+def test_base_image_is_rays_gpu_image_of_the_manifests_version() -> None:
+    (base,) = [_expand(a) for i, a in instructions() if i == "FROM"]
+    m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-(gpu|cu\d+)(@sha256:[0-9a-f]{64})?", base)
+    assert m, f"{base}: expected rayproject/ray:<RAY_VERSION>-py3XX-gpu (or -cuXXX)"
+    assert m.group(1) == args()["RAY_VERSION"]
+    assert f"CPython 3.{m.group(2)}" in CONSTRAINTS.read_text(), "constraints.txt was made for another Python"
+
+
+def test_every_install_is_pinned_by_the_constraints() -> None:
+    installs = pip_installs()
+    assert installs, "no pip install in the Dockerfile"
+    for argv in installs:
+        if argv == ["--no-deps", "."]:
+            continue  # the project itself, its dependencies already in place
+        assert argv[:2] == ["-c", ".ci/constraints.txt"], f"pip install {' '.join(argv)}: not under the constraints"
+        rest = argv[2:]
+        for j, req in enumerate(rest):
+            if req.startswith("-") or (j and rest[j - 1] == "-r"):
+                continue
+            assert "==" in req, f"unpinned pip requirement in the Dockerfile: {req}"
+    assert ["--no-deps", "."] in installs, "the project is installed without unpinned dependencies"
     runs = " ".join(a for i, a in instructions() if i == "RUN")
-    pinned = {re.split(r"[\[=]", r)[0].lower() for r in re.findall(r"([\w.\-\[\],]+==[\w.${}]+)", runs)}
-    from_base = {"torch", "torchvision", "numpy"}
-    for dep in pyproject()["project"]["dependencies"]:
-        name = re.split(r"[<>=;\[ ]", dep)[0].lower()
-        if name in from_base or ("python_version <" in dep):
-            continue
-        assert name in pinned, f"{name} (pyproject) is not pinned in the Dockerfile"
+    assert "['dependencies'] + p['optional-dependencies']['ray']" in runs, \
+        "the image installs pyproject's dependencies and Ray's extras (dashboard + job server for `ray job submit`)"
+
+
+def test_constraints_pin_every_dependency() -> None:
+    """Every dependency pyproject.toml names for the image and for the tests is pinned, Ray at RAY_VERSION."""
+    pinned = pins()
+    project = pyproject()["project"]
+    for dep in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        if "python_version <" in dep:
+            continue  # tomli: only below 3.11, which the constraints are not for
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=;\[ ]", dep)[0]).lower()
+        assert name in pinned, f"{name} (pyproject.toml) is not pinned in .ci/constraints.txt"
+    assert pinned["ray"] == args()["RAY_VERSION"]
+    assert "flowergan" not in pinned, "the project itself is not a constraint"
+
+
+def test_image_torch_is_the_torch_the_tests_run() -> None:
+    """The Dockerfile's torch and torchvision, the constraints' and the ones running this test are one version."""
+    import torch
+    import torchvision
+
+    pinned = pins()
+    for name, module in (("torch", torch), ("torchvision", torchvision)):
+        running = module.__version__.split("+")[0]
+        assert args()[f"{name.upper()}_VERSION"] == pinned[name] == running, \
+            f"{name}: Dockerfile {args()[f'{name.upper()}_VERSION']}, constraints {pinned[name]}, tests {running}"
+
+
+def test_installed_packages_match_the_constraints() -> None:
+    """`make install` installs under the constraints: a pinned package at another version means the constraints
+    file is stale (regenerate it: see its header)."""
+    from importlib import metadata
+
+    pinned = pins()
+    stale = {}
+    for dist in metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        if name in pinned and dist.version.split("+")[0] != pinned[name]:
+            stale[name] = (dist.version, pinned[name])
+    assert not stale, f"installed vs .ci/constraints.txt: {stale}"
 
 
 def test_non_root_user() -> None:
     users = [a for i, a in instructions() if i == "USER"]
     assert users, "no USER: the image would run as root"
-    uid = users[-1].split(":")[0]
+    uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0, "the last USER must be a numeric non-root uid (runAsNonRoot needs it)"
-    runs = " ".join(a for i, a in instructions() if i == "RUN")
-    assert f"--uid {uid}" in runs, "the user is created with that uid"
+    # The base's user `ray` is uid 1000, gid 100: what the image adds belongs to it.
+    owners = [m.group(1) for i, a in instructions() if i in ("COPY", "RUN") for m in re.finditer(r"chown[= ](\S+)", a)]
+    assert owners and set(owners) == {f"{uid}:{gid}"}, f"files owned by {set(owners)}, the image runs as {uid}:{gid}"
 
 
 def test_inception_weights_baked_at_the_advertised_path() -> None:
@@ -164,6 +227,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     ("jobs/flowers64.toml", True), ("README.md", True), ("data/synth64/shard-000000.tar", False),
     ("runs/smoke/checkpoints/step-00000200/models.safetensors", False), (".venv/bin/python", False),
     ("flowergan/__pycache__/x.cpython-311.pyc", False), (".git/HEAD", False), ("tests/test_docker.py", False),
+    (".ci/constraints.txt", True), (".ci/run", False),
 ])
 def test_dockerignore(path: str, wanted: bool) -> None:
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
@@ -177,7 +241,7 @@ def test_copy_sources_exist_and_reach_the_context() -> None:
     for i, a in instructions():
         if i != "COPY" or a.startswith("--from"):
             continue
-        *sources, _dest = shlex.split(a)
+        *sources, _dest = [w for w in shlex.split(a) if not w.startswith("--")]
         for src in sources:
             assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
             assert not _ignored(src, patterns), f"COPY {src}: excluded by .dockerignore"

@@ -67,9 +67,10 @@ def dockerfile_arg(name: str) -> str:
 
 
 def dockerfile_uid() -> int:
-    m = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
-    assert m, "Dockerfile has no numeric USER"
-    return int(m.group(1))
+    """The uid the image runs as: its last USER (an earlier one may be root for a build step)."""
+    users = re.findall(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert users, "Dockerfile has no numeric USER"
+    return int(users[-1])
 
 
 def dockerfile_workdir() -> str:
@@ -170,12 +171,41 @@ def check_no_inline_secrets(obj: dict[str, Any]) -> None:
     assert obj["kind"] != "Secret", f"Secret/{obj['metadata']['name']} is committed with its data; reference it"
 
 
+DELETION_ORDER = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")  # KubeRay: TTLs must not decrease along it
+
+
+def check_deletion_rules(spec: dict[str, Any]) -> None:
+    """The operator's own rules for deletionStrategy (CEL and controller validation, which a JSON schema check
+    does not run), and ours: GPU workers are deleted the moment the job ends, whether it succeeds or fails."""
+    assert "shutdownAfterJobFinishes" not in spec and "ttlSecondsAfterFinished" not in spec, \
+        "shutdownAfterJobFinishes/ttlSecondsAfterFinished and deletionRules are mutually exclusive"
+    strategy = spec.get("deletionStrategy", {})
+    assert not {"onSuccess", "onFailure"} & set(strategy), "the legacy onSuccess/onFailure policies are deprecated"
+    rules = strategy.get("deletionRules", [])
+    assert rules, "deletionStrategy.deletionRules must say when the cluster is deleted"
+    by_condition: dict[str, dict[str, int]] = {}
+    for rule in rules:
+        cond = rule["condition"]
+        keys = {"jobStatus", "jobDeploymentStatus"} & set(cond)
+        assert len(keys) == 1, f"{rule}: a condition names exactly one of jobStatus, jobDeploymentStatus"
+        (key,) = keys
+        ttls = by_condition.setdefault(f"{key}={cond[key]}", {})
+        assert rule["policy"] not in ttls, f"{rule}: two rules for {rule['policy']} on {key}={cond[key]}"
+        ttls[rule["policy"]] = cond.get("ttlSeconds", 0)
+    for condition, ttls in by_condition.items():
+        order = [ttls[p] for p in DELETION_ORDER if p in ttls]
+        assert order == sorted(order), f"{condition}: TTLs must not decrease along {DELETION_ORDER}: {ttls}"
+    for condition in ("jobStatus=SUCCEEDED", "jobDeploymentStatus=Failed"):
+        ttls = by_condition.get(condition, {})
+        gone = [ttls[p] for p in ("DeleteWorkers", "DeleteCluster", "DeleteSelf") if p in ttls]
+        assert gone and min(gone) == 0, f"{condition}: the GPU workers must be deleted at once (ttlSeconds 0)"
+
+
 def check_rayjob(job: dict[str, Any]) -> None:
     """The RayJob's cluster rules: retries, cleanup, GPU workers that fit the entrypoint, shared memory."""
     spec = job["spec"]
     assert spec.get("backoffLimit", 0) >= 1, "backoffLimit must be >= 1 so a failed job is retried (and resumes)"
-    assert spec.get("shutdownAfterJobFinishes") is True, "shutdownAfterJobFinishes must be true"
-    assert spec.get("ttlSecondsAfterFinished", 0) > 0, "ttlSecondsAfterFinished must be > 0"
+    check_deletion_rules(spec)
     rc = spec["rayClusterSpec"]
     assert rc["rayVersion"] == dockerfile_arg("RAY_VERSION"), "rayVersion differs from the Dockerfile's RAY_VERSION"
     assert rc.get("authOptions", {}).get("mode") == "token", "the head must require a token (authOptions.mode)"
@@ -200,8 +230,9 @@ def check_rayjob(job: dict[str, Any]) -> None:
         shm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
         assert shm and vols[shm[0]["name"]].get("emptyDir", {}).get("medium") == "Memory", \
             f"worker group {g['groupName']}: /dev/shm must be a memory emptyDir"
-        assert float(opts["--cpus-per-worker"]) <= _cpus(c["resources"]["limits"]["cpu"]) * gpus / gpus_per_worker, \
-            "--cpus-per-worker does not fit the worker pod's CPU limit"
+        workers_in_pod = gpus / gpus_per_worker
+        assert float(opts["--cpus-per-worker"]) * workers_in_pod <= _cpus(c["resources"]["limits"]["cpu"]), \
+            f"{workers_in_pod:g} workers x --cpus-per-worker do not fit the worker pod's CPU limit"
         gpu_slots += g["replicas"] * gpus
     assert int(opts["--workers"]) * gpus_per_worker == gpu_slots, \
         f"--workers {opts['--workers']} x --gpus-per-worker {gpus_per_worker} != {gpu_slots} GPUs in the worker groups"
@@ -271,6 +302,24 @@ def _more_workers(job):
     job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace("--workers ", "--workers 1")
 
 
+def _keep_workers(job):
+    for rule in job["spec"]["deletionStrategy"]["deletionRules"]:
+        rule["condition"]["ttlSeconds"] = 3600  # idle GPUs for an hour after every job
+
+
+def _shutdown_too(job):
+    job["spec"]["shutdownAfterJobFinishes"] = True  # the operator rejects it next to deletionRules
+
+
+def _cluster_before_workers(job):
+    rules = job["spec"]["deletionStrategy"]["deletionRules"]
+    rules.append({"policy": "DeleteWorkers", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 60}})
+
+
+def _cpus_per_worker(job):
+    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace("--cpus-per-worker 6", "--cpus-per-worker 10")
+
+
 def _ray_version(job):
     job["spec"]["rayClusterSpec"]["rayVersion"] = "2.9.0"
 
@@ -283,6 +332,8 @@ def _no_auth(job):
     (_break_replicas, check_schema), (_break_type, check_schema), (_drop_limits, check_pod_rules),
     (_inline_secret, check_pod_rules), (_root, check_pod_rules), (_no_toleration, check_rayjob),
     (_more_workers, check_rayjob), (_ray_version, check_rayjob), (_no_auth, check_rayjob),
+    (_keep_workers, check_rayjob), (_shutdown_too, check_rayjob), (_cluster_before_workers, check_rayjob),
+    (_cpus_per_worker, check_rayjob),
 ], ids=lambda x: getattr(x, "__name__", ""))
 def test_checks_catch_a_broken_rayjob(breakage, check) -> None:
     job = copy.deepcopy(rayjob())
@@ -433,13 +484,39 @@ def test_train_entrypoint_resolves_to_the_cluster_paths() -> None:
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     cfg = tomllib.loads(proc.stdout[proc.stdout.index("[data]"):])
-    workers = sum(g["replicas"] for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"])
-    assert cfg["cluster"]["workers"] == workers
+    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    gpus = sum(g["replicas"] * float(g["template"]["spec"]["containers"][0]["resources"]["limits"][GPU])
+               for g in groups)
     assert cfg["cluster"]["gpus_per_worker"] >= 1
+    workers = cfg["cluster"]["workers"]
+    assert workers * cfg["cluster"]["gpus_per_worker"] == gpus
     assert cfg["train"]["batch_size"] % workers == 0
     assert cfg["cluster"]["name"], "a fixed run name is what lets a relaunched job resume"
     for key in (cfg["log"]["run_dir"], cfg["data"]["path"], cfg["cluster"]["storage_path"]):
         assert key.startswith("/data/") or "://" in key, f"{key} is not on the shared volume or object storage"
+
+
+def test_default_layout_is_one_pod_with_every_gpu() -> None:
+    """The Ray Train workers share one pod (one container), so NCCL goes GPU to GPU instead of through the pod
+    network; several GPUs in it, and at least two ranks to all-reduce between."""
+    job = rayjob()
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 1
+    (c,) = group["template"]["spec"]["containers"]
+    gpus = int(c["resources"]["limits"][GPU])
+    argv = shlex.split(job["spec"]["entrypoint"])
+    workers = int(argv[argv.index("--workers") + 1])
+    assert gpus >= 2 and workers == gpus and float(argv[argv.index("--gpus-per-worker") + 1]) == 1
+
+
+def test_minimum_kuberay_version_is_stated_alike() -> None:
+    """train.yaml's header and the README name the same minimum KubeRay version, the one deletionRules need."""
+    m = re.search(r"^# Requires KubeRay (v\d+\.\d+\.\d+) or newer", (K8S / "train.yaml").read_text(), re.M)
+    assert m, "train.yaml does not state the minimum KubeRay version"
+    assert m.group(1) == "v1.6.0", "deletionRules (on by default) and the jobDeploymentStatus condition: v1.6.0"
+    readme = (ROOT / "README.md").read_text()
+    assert f"KubeRay operator **{m.group(1)} or newer**" in readme, "the README states another minimum version"
+    assert "kubectl delete rayjob flowergan-flowers64 --ignore-not-found && kubectl apply -f k8s/train.yaml" in readme
 
 
 def _free_port() -> int:
