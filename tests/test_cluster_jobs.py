@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flowergan.errors import UserError
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train.distributed import checkpoint_step
 from flowergan.train.ray_train import stored_checkpoints
@@ -172,6 +173,14 @@ def _resumed_from(out: str) -> str:
     return m.group(1) if m else ""
 
 
+def _stored_meanwhile(storage: Path, name: str) -> list[str]:
+    """stored_checkpoints while a run writes: Ray rewrites its record in place, so a read may catch half of it."""
+    try:
+        return stored_checkpoints(str(storage), name)
+    except UserError:
+        return []
+
+
 def _logged_steps(run_dir: Path) -> list[int]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in rows if "Loss/D" in r]
@@ -275,7 +284,7 @@ def test_relaunched_driver_resumes_from_storage(ray_head, shards: Path, tmp_path
                              start_new_session=True)
     try:
         deadline = time.time() + 400
-        while not stored_checkpoints(str(storage), "relaunch"):
+        while not _stored_meanwhile(storage, "relaunch"):
             assert first.poll() is None, f"the first driver ended before a checkpoint:\n{first.stdout.read()[-4000:]}"
             assert time.time() < deadline, "no checkpoint reached Ray storage in time"
             time.sleep(0.1)

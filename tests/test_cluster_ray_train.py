@@ -195,6 +195,11 @@ def test_the_launch_plan_names_the_newest_checkpoint(shards: Path, tmp_path: Pat
     (tmp_path / "storage" / "t").mkdir(parents=True)
     assert stored_checkpoints(str(tmp_path / "storage"), "t") == []  # a run folder without a registered checkpoint
     assert _check_launch(cfg, resume=False).startswith(f"Starting at step 0: no checkpoint in {tmp_path}/storage/t")
+    # A record Ray cannot read (another Ray version wrote it, or a write was cut short): one line, not a traceback.
+    (tmp_path / "storage" / "t" / "checkpoint_manager_snapshot.json").write_text('{"checkpoint_results": [')
+    with pytest.raises(UserError, match=r"storage/t holds a run record that Ray [\d.]+ cannot read"):
+        stored_checkpoints(str(tmp_path / "storage"), "t")
+    (tmp_path / "storage" / "t" / "checkpoint_manager_snapshot.json").unlink()
 
     G, D = build_models(cfg.model)
     ckpt_io.save_checkpoint(run_ckpts, step=3, models={"G": G, "D": D}, optim={}, state={"config": cfg.to_dict()})

@@ -95,10 +95,15 @@ def resolve_paths(cfg: Config) -> Config:
 
 def stored_checkpoints(storage: str, name: str) -> list[str]:
     """Checkpoint directory names Ray Train has registered for run `name` in `storage` (oldest first)."""
+    where = f"{storage.rstrip('/')}/{name}"
     try:
-        result = Result.from_path(f"{storage.rstrip('/')}/{name}")
+        result = Result.from_path(where)
     except RuntimeError:  # no such run folder, or no checkpoint registered in it yet
         return []
+    except Exception as e:  # Ray's own: a record written by another Ray version, or cut short mid-write
+        raise UserError(f"Ray storage {where} holds a run record that Ray {ray.__version__} cannot read "
+                        f"({str(e).splitlines()[0][:200]}); choose a new cluster.name, or move that folder away "
+                        "(the run dir's checkpoints are still used)") from None
     return sorted(PurePosixPath(ckpt.path).name for ckpt, _metrics in result.best_checkpoints or [])
 
 
@@ -116,31 +121,33 @@ def _other_run(ckpt: Path, cfg: Config) -> str | None:
     return None
 
 
-def _check_launch(cfg: Config, resume: bool) -> str:
-    """Where the workers will resume from, as one line for the log; refuses to continue another run's checkpoints
-    without --resume. Also checks the data as rank 0 will see it, before any worker starts."""
+def _launch_plan(cfg: Config, resume: bool) -> str:
+    """Where the workers will start, as one line for the log: the newer of Ray storage's newest checkpoint and the
+    run dir's (what `resume_point` picks in the workers). Another run's checkpoints need --resume."""
     where = f"{cfg.cluster.storage_path.rstrip('/')}/{cfg.cluster.name}"
     in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
     newest = in_storage[-1] if in_storage else None
     local = ckpt_io.list_checkpoints(Path(cfg.log.run_dir) / "checkpoints") if not _is_uri(cfg.log.run_dir) else []
-    if local and dist.checkpoint_step(local[-1]) > dist.checkpoint_step(newest):
-        other = _other_run(local[-1], cfg)
-        if other and not resume:
-            raise UserError(f"{local[-1]} is not this run's checkpoint ({other}); pass --resume to continue from "
-                            "it anyway, or choose a new --run-dir")
-        if other:
-            why = f"--resume: {other}"
-        else:
-            ahead = f"newer than Ray storage's newest, {newest}" if newest else "Ray storage has none"
-            why = f"{ahead}: the last run stopped between saving it and Ray storing it"
-        plan = f"Resuming from {local[-1].name} in {local[-1].parent} ({why})"
-    elif newest:
-        plan = f"Resuming from {newest} in {where} (Ray storage)"
+    if not local or dist.checkpoint_step(local[-1]) <= dist.checkpoint_step(newest):
+        if newest:
+            return f"Resuming from {newest} in {where} (Ray storage)"
+        return f"Starting at step 0: no checkpoint in {where} or in {cfg.log.run_dir}/checkpoints"
+    other = _other_run(local[-1], cfg)
+    if other and not resume:
+        raise UserError(f"{local[-1]} is not this run's checkpoint ({other}); pass --resume to continue from "
+                        "it anyway, or choose a new --run-dir")
+    if other:
+        why = f"--resume: {other}"
     else:
-        plan = f"Starting at step 0: no checkpoint in {where} or in {cfg.log.run_dir}/checkpoints"
-    # Pre-flight of the data as rank 0 will see it (manifest, resolution, shards per reader): a bad path fails
-    # here in a second instead of in every worker, max_failures times over. Cached streams are checked by the
-    # workers themselves (their memory, not the driver's, is what counts).
+        ahead = f"newer than Ray storage's newest, {newest}" if newest else "Ray storage has none"
+        why = f"{ahead}: the last run stopped between saving it and Ray storing it"
+    return f"Resuming from {local[-1].name} in {local[-1].parent} ({why})"
+
+
+def _check_data(cfg: Config) -> None:
+    """Pre-flight of the data as rank 0 will see it (manifest, resolution, shards per reader): a bad path fails
+    here in a second instead of in every worker, max_failures times over. Cached streams are checked by the
+    workers themselves (their memory, not the driver's, is what counts)."""
     from flowergan.data import build_stream, read_manifest
 
     if cfg.data.cache == "none":
@@ -148,6 +155,12 @@ def _check_launch(cfg: Config, resume: bool) -> str:
                      resolution=cfg.model.resolution, rank=0, world_size=cfg.cluster.workers, seed=cfg.train.seed)
     else:
         read_manifest(cfg.data.path)
+
+
+def _check_launch(cfg: Config, resume: bool) -> str:
+    """Everything the driver can check before any worker starts; returns the line saying where training starts."""
+    plan = _launch_plan(cfg, resume)
+    _check_data(cfg)
     return plan
 
 
