@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 from flowergan.errors import UserError
 
@@ -76,7 +76,14 @@ class _Member:
     name: str
     kind: str  # "dir", "file", or the reason it is refused ("refused: ...")
     size: int
-    open: Callable[[], BinaryIO]
+    open: Callable[[], IO[bytes]]
+
+
+def _tar_open(tf: tarfile.TarFile, m: tarfile.TarInfo) -> IO[bytes]:
+    f = tf.extractfile(m)
+    if f is None:  # only for members that are not regular files, which never get here
+        raise ValueError("refused: not a regular file")
+    return f
 
 
 def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
@@ -91,7 +98,7 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
             kind = "refused: not a regular file"
         else:
             kind = "file"
-        yield _Member(m.name, kind, m.size, functools.partial(tf.extractfile, m))
+        yield _Member(m.name, kind, m.size, functools.partial(_tar_open, tf, m))
 
 
 def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:

@@ -188,7 +188,7 @@ def shard_source(src: str | Path, out: str | Path, opts: ShardOptions = ShardOpt
         for index, digest, data, note in results:
             item = items[index]
             hashes.append(f"{item.rel}\t{digest or 'unreadable'}\n")
-            if data is None:
+            if data is None or digest is None:
                 rejected.append({"path": item.rel, "reason": note or "rejected"})
                 continue
             if digest in first_seen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ def decode_batch(samples: list[dict[str, Any]], ext: str,
 
     r = resolution
     blobs = [s.get(ext, b"") for s in samples]
+    slow: Sequence[int]
     if ext == "png":
         x, slow = decode_png_batch(blobs, r, r)
     else:

@@ -122,7 +122,9 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            rgb = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if rgb is not None:  # None only for inPlace=True
+                return rgb
         except Exception:  # a broken profile: fall back to the plain formula rather than lose the image
             pass
     return img.convert("RGB")

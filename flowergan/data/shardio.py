@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from flowergan.errors import UserError
@@ -92,7 +92,7 @@ class Source:
     def read_all(self) -> bytes:
         return b"".join(iter(lambda: self.read(1 << 20), b""))
 
-    def command_failed(self, timeout: float = 5.0) -> ShardError | None:
+    def command_failed(self, timeout: float | None = 5.0) -> ShardError | None:
         """The error of a command that has ended with a non-zero status (after at most `timeout` s), else None."""
         if self.proc is None:
             return None
@@ -103,8 +103,8 @@ class Source:
         if status == 0:
             return None
         args = self.proc.args
-        what = "the command" if self.url.startswith("pipe:") else \
-            f"`{args if isinstance(args, str) else ' '.join(map(str, args))}`"
+        command = " ".join(str(a) for a in args) if isinstance(args, (list, tuple)) else str(args)
+        what = "the command" if self.url.startswith("pipe:") else f"`{command}`"
         return ShardError(f"{self.url}: {what} {_describe(status)}; its output is incomplete")
 
     def finish(self) -> None:
@@ -138,7 +138,7 @@ def read_bytes(url: str) -> bytes:
     return data
 
 
-def iter_samples(url: str, *, digest=None) -> Iterator[dict[str, Any]]:
+def iter_samples(url: str, *, digest=None) -> Generator[dict[str, Any], None, None]:
     """WebDataset samples `{'__key__', '__url__', ext: bytes, ...}` of the tar shard at `url`, in order.
 
     Closing the generator early stops the download. Reading to the end checks the command's exit status and, with

@@ -76,17 +76,17 @@ def build_stream(cfg, *, batch_size: int, resolution: int, rank: int = 0, world_
     workers = int(cfg.workers)
     plan = Plan(urls, counts, batch_size, rank, world_size, max(1, workers), seed, int(cfg.shuffle_buffer))
     device = torch.device(device) if device is not None else torch.device("cpu")
-    common = {"loader_workers": workers, "hflip": float(cfg.hflip), "jitter": float(cfg.color_jitter),
-              "device": device}
-    ext = manifest["image_format"]
+    hflip, jitter, ext = float(cfg.hflip), float(cfg.color_jitter), manifest["image_format"]
     if cfg.cache == "none":
         readers = world_size * max(1, workers)
         if len(urls) < readers:
             raise UserError(f"data.path {path} has {len(urls)} shards but {world_size} ranks x {max(1, workers)} "
                             f"loader workers need at least {readers} (each reads its own shards); re-shard with a "
                             f"smaller --shard-size, lower data.workers, or set data.cache = 'memory'")
-        batches: Callable[[int], Iterator[Batch]] = ShardBatches(plan, ext, resolution, **common)
+        batches: Callable[[int], Iterator[Batch]] = ShardBatches(
+            plan, ext, resolution, loader_workers=workers, hflip=hflip, jitter=jitter, device=device)
     else:
         check_memory(plan.num_samples, resolution, cfg.cache, device)
-        batches = CachedBatches(plan, ext, resolution, cache=cfg.cache, **common)
+        batches = CachedBatches(plan, ext, resolution, cache=cfg.cache, loader_workers=workers, hflip=hflip,
+                                jitter=jitter, device=device)
     return Stream(plan, manifest, batches, f"cache={cfg.cache}, workers={workers}")

@@ -7,7 +7,8 @@ by arithmetic. Augmentation is seeded per (seed, rank, j), so it does not depend
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from flowergan.data.plan import Plan
 from flowergan.errors import UserError
 
 
-def _shuffled(items: Iterator, bufsize: int, rng) -> Iterator:
+def _shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Generator:
     """WebDataset-style buffer shuffle: keep `bufsize` items, emit a random one per new item, then the rest."""
     buf: list = []
     for item in items:
@@ -34,7 +35,7 @@ def _shuffled(items: Iterator, bufsize: int, rng) -> Iterator:
     yield from buf
 
 
-def _read_pieces(plan: Plan, epoch: int, v: int) -> Iterator[dict]:
+def _read_pieces(plan: Plan, epoch: int, v: int) -> Generator[dict, None, None]:
     """The raw samples of worker stream v in `epoch`, piece after piece, in reading order."""
     for shard, first, stop in plan.pieces(epoch, v):
         url, count = plan.urls[shard], plan.counts[shard]

@@ -9,10 +9,14 @@ same decode. Shards are written with webdataset's TarWriter; `shardio` opens the
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 _BLOCK = 512
 _ZERO_BLOCK = b"\x00" * _BLOCK
+
+
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
 
 
 class TarFormatError(ValueError):
@@ -31,7 +35,7 @@ def _octal(field: bytes) -> int:
 class _Buffered:
     """Reads a stream in large chunks and hands out exact slices (one read call per 4 MB, not three per member)."""
 
-    def __init__(self, f: BinaryIO, chunk: int = 4 << 20):
+    def __init__(self, f: Readable, chunk: int = 4 << 20):
         self.f, self.chunk = f, chunk
         self.buf, self.pos = b"", 0
 
@@ -65,7 +69,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def iter_members(f: Readable) -> Iterator[tuple[str, bytes]]:
     """Yield (name, data) for each regular file of the tar stream `f`, in order."""
     src = _Buffered(f)
     long_name: str | None = None
@@ -117,7 +121,7 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:].lower()
 
 
-def iter_samples(f: BinaryIO) -> Iterator[dict[str, bytes | str]]:
+def iter_samples(f: Readable) -> Iterator[dict[str, bytes | str]]:
     """Group consecutive members with the same key into WebDataset samples {'__key__': key, ext: data, ...}."""
     sample: dict[str, bytes | str] | None = None
     for name, data in iter_members(f):
