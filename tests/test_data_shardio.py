@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import io
 import shutil
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -146,6 +147,13 @@ def test_verify_reads_through_a_pipe_and_a_failing_manifest_command_is_one_line(
     with pytest.raises(UserError) as e:
         read_manifest(f"pipe:cat {shards}/{{file}}; exit 4")
     assert "cannot read" in one_line(e) and "exited with status 4" in one_line(e)
+
+
+def test_without_webdataset_reading_is_one_line_saying_so(first, monkeypatch):
+    monkeypatch.setitem(sys.modules, "webdataset.gopen", None)  # what an environment without it sees
+    with pytest.raises(ShardError) as e:
+        list(iter_samples(str(first)))
+    assert "needs the webdataset package" in one_line(e)
 
 
 def test_decode_batch_decodes_the_good_and_names_what_is_wrong_with_the_rest():

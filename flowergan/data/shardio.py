@@ -45,8 +45,12 @@ def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_kw: Any):
 def _gopen():
     """webdataset.gopen, with the fsspec entry registered (once per process; loader workers inherit it)."""
     global _registered
-    # The module, not the function of the same name that `webdataset/__init__` puts in its place.
-    wg = importlib.import_module("webdataset.gopen")
+    try:
+        # The module, not the function of the same name that `webdataset/__init__` puts in its place.
+        wg = importlib.import_module("webdataset.gopen")
+    except ImportError:
+        raise ShardError("reading shards needs the webdataset package, which flowergan's install brings: "
+                         "pip install 'webdataset>=0.2.86'") from None
 
     if not _registered:
         import fsspec
