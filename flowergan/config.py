@@ -37,8 +37,8 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, lo: float | Non
 
 @dataclass
 class DataConfig:
-    path: str = _f("data/synth64", "shard directory with manifest.json, or a shard URL/glob "
-                   "(local path, pipe:, s3://, gs://)")
+    path: str = _f("data/synth64", "shards: a directory with manifest.json, that manifest, or a URL of the "
+                   "directory (file://, http(s)://, s3://, gs:// or another fsspec URL, pipe:CMD with {file})")
     workers: int = _f(2, "loader processes per rank (0 = load in the training process)", lo=0, hi=64)
     hflip: float = _f(0.5, "probability of a horizontal flip", lo=0.0, hi=1.0)
     color_jitter: float = _f(0.0, "strength of brightness/contrast/saturation jitter (0 = off)", lo=0.0, hi=1.0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from flowergan.data.digest import sha256_file as file_sha256
 from flowergan.errors import UserError
 
 # torch-fidelity's port of the TensorFlow Inception graph of 2015-12-05 (the one FID was defined with).
@@ -86,11 +87,7 @@ def fetch(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
 
 @lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)  # size and mtime are only the cache key
 
 
 def sha256_file(path: str | os.PathLike) -> str:
