@@ -27,7 +27,7 @@ import yaml
 
 from flowergan.errors import UserError
 from flowergan.train import checkpoint as ckpt_io
-from flowergan.train.distributed import checkpoint_step
+from flowergan.train.checkpoint import step_of
 from flowergan.train.ray_train import stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -303,7 +303,7 @@ def test_relaunched_driver_resumes_from_storage(ray_head, shards: Path, tmp_path
     at_kill = stored_checkpoints(str(storage), "relaunch")
     # The run dir may be ahead of Ray storage (a checkpoint saved, its upload not registered): the newer wins.
     local = [p.name for p in ckpt_io.list_checkpoints(run / "checkpoints")]
-    newest = max(at_kill[-1], local[-1], key=checkpoint_step)
+    newest = max(at_kill[-1], local[-1], key=step_of)
     steps_before = _logged_steps(run)
     assert steps_before and steps_before[-1] < steps, "the first driver finished before it was killed"
 

@@ -155,13 +155,12 @@ def test_the_device_check_catches_a_misplaced_tensor(one_thread, collectives) ->
             tdist.all_reduce(flag)
 
 
-def test_checkpoint_step_reads_the_checkpoint_module_names() -> None:
+def test_step_of_reads_the_checkpoint_module_names() -> None:
     from flowergan.train import checkpoint as ckpt_io
 
-    assert dist.CHECKPOINT_PREFIX == ckpt_io.PREFIX
-    assert dist.checkpoint_step(Path("/r/checkpoints") / ckpt_io.step_dir_name(1200)) == 1200
-    assert dist.checkpoint_step("s3-bucket/ray/t/step-00000040") == 40
-    assert [dist.checkpoint_step(x) for x in (None, "", "best", "step-", "step-12ab")] == [-1] * 5
+    assert ckpt_io.step_of(Path("/r/checkpoints") / ckpt_io.step_dir_name(1200)) == 1200
+    assert ckpt_io.step_of("s3://bucket/ray/t/step-00000040/") == 40
+    assert [ckpt_io.step_of(x) for x in (None, "", "best", "step-", "step-12ab")] == [-1] * 5
 
 
 def test_a_newer_checkpoint_some_rank_cannot_see_is_not_used(tmp_path: Path) -> None:

@@ -37,6 +37,14 @@ def step_dir_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
+def step_of(path: str | os.PathLike | None) -> int:
+    """The step in a checkpoint directory's name (`.../step-00001000` -> 1000, local or a URL); -1 for None or
+    any other name."""
+    name = str(path or "").rstrip("/").rsplit("/", 1)[-1]
+    digits = name.removeprefix(PREFIX)
+    return int(digits) if name.startswith(PREFIX) and digits.isdigit() else -1
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop draws from, as tensors and plain numbers."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
@@ -96,8 +104,8 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (temporary directories are skipped)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.iterdir() if step_of(p) >= 0 and (p / STATE).is_file()]
+    return sorted(found, key=step_of)
 
 
 def prune(root: Path, keep: int) -> None:

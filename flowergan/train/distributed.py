@@ -7,15 +7,13 @@ tensors, not with the `*_object` collectives, so nothing is unpickled and no dev
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from flowergan.errors import UserError
-
-CHECKPOINT_PREFIX = "step-"  # flowergan.train.checkpoint's directory names: step-00001000
 
 
 def is_distributed() -> bool:
@@ -108,25 +106,18 @@ def all_gather_text(text: str, device: torch.device) -> list[str]:
     return [_decode(g[:n]) for g, n in zip(gathered, lengths)]
 
 
-def checkpoint_step(path: str | Path | None) -> int:
-    """The step in a checkpoint directory's name (`.../step-00001000` -> 1000); -1 for None or anything else."""
-    name = PurePosixPath(str(path or "")).name
-    digits = name.removeprefix(CHECKPOINT_PREFIX)
-    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else -1
-
-
 def resume_point(restored: str | None, run_dir: Path, device: torch.device) -> str | None:
     """Where to continue: the newer of `restored` (the launcher's checkpoint, e.g. Ray Train's, the same on every
     rank) and the newest complete checkpoint in `run_dir/checkpoints` as rank 0 sees it. Every rank gets the same
     answer; a newer run-dir checkpoint that some rank cannot read falls back to `restored`, or is an error."""
-    from flowergan.train.checkpoint import list_checkpoints  # safetensors and the models: only when resuming
+    from flowergan.train.checkpoint import list_checkpoints, step_of  # safetensors: only when resuming
 
     newest = None
     if rank() == 0:
         found = list_checkpoints(run_dir / "checkpoints")
         newest = str(found[-1]) if found else None
     local = broadcast_text(newest, device)
-    if local is None or checkpoint_step(local) <= checkpoint_step(restored):
+    if local is None or step_of(local) <= step_of(restored):
         return restored
     if all_true(torch.tensor(Path(local).is_dir(), device=device)):
         return local

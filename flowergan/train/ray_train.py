@@ -128,7 +128,7 @@ def _launch_plan(cfg: Config, resume: bool) -> str:
     in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
     newest = in_storage[-1] if in_storage else None
     local = ckpt_io.list_checkpoints(Path(cfg.log.run_dir) / "checkpoints") if not _is_uri(cfg.log.run_dir) else []
-    if not local or dist.checkpoint_step(local[-1]) <= dist.checkpoint_step(newest):
+    if not local or ckpt_io.step_of(local[-1]) <= ckpt_io.step_of(newest):
         if newest:
             return f"Resuming from {newest} in {where} (Ray storage)"
         return f"Starting at step 0: no checkpoint in {where} or in {cfg.log.run_dir}/checkpoints"
