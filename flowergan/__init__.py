@@ -1,3 +1,24 @@
-"""flowergan: DCGAN flower generation that trains from a laptop to a Kubernetes GPU cluster."""
+"""flowergan: DCGAN flower generation that trains from a laptop to a Kubernetes GPU cluster.
+
+The notebook API: `G = flowergan.load_generator(path)` (an export folder, a checkpoint or a run dir) and
+`flowergan.generate(G, n, seed=0)`. Both are imported on first use, so `import flowergan` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "generate", "load_generator"]
+
+if TYPE_CHECKING:
+    from flowergan.generation import generate, load_generator
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: torch is imported when the API is first used, not by `import flowergan` (the CLI's --version).
+    if name in ("generate", "load_generator"):
+        from flowergan import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module 'flowergan' has no attribute {name!r}")

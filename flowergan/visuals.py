@@ -10,6 +10,13 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """G's output in [-1, 1] -> uint8, round((x + 1) * 127.5) clamped: what a saved PNG holds.
+
+    The same float operations as flowergan_eval.features.to_uint8, so both packages store identical pixels."""
+    return (images.detach().float().clamp(-1, 1) * 0.5 + 0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
 def to_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """Images in [-1, 1] -> one [3, H, W] grid in [0, 1] (square-ish layout)."""
     n = images.shape[0]

@@ -1,0 +1,12 @@
+"""A generator people can take away: `flowergan export` writes a self-contained folder (G only, nothing pickled).
+
+  model.safetensors  G's state dict with plain keys (G_ema's weights unless --raw)
+  config.json        the whole [model] section, z and output conventions, provenance
+  README.md          a model card whose YAML front matter the Hugging Face Hub reads
+  generator.pt2      on request: torch.export program, dynamic batch
+  generator.onnx     on request: ONNX (opset of torch's dynamo exporter), dynamic batch
+"""
+
+from flowergan.export.folder import FORMATS, export, is_export, load_export
+
+__all__ = ["FORMATS", "export", "is_export", "load_export"]

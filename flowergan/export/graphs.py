@@ -1,0 +1,37 @@
+"""G as a graph other runtimes load: torch.export's .pt2 and ONNX, both with a dynamic batch dimension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flowergan.errors import UserError
+
+MAX_BATCH = 65536  # torch.export wants a bound for a dynamic dimension; far above any forward pass
+
+
+def _example(G: nn.Module) -> tuple[torch.Tensor]:
+    # Batch 2, not 1: torch.export specialises a dimension of size 1 to a constant.
+    return (torch.randn(2, int(getattr(G, "nz", 100))),)
+
+
+def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+def write_pt2(G: nn.Module, path: Path) -> None:
+    """torch.export program of G in eval mode (z [batch, nz] -> images [batch, 3, R, R]), saved without pickle."""
+    program = torch.export.export(G.eval(), _example(G), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, str(path))
+
+
+def write_onnx(G: nn.Module, path: Path) -> None:
+    """ONNX graph of G in eval mode (input `z`, output `images`), weights inside the one file."""
+    try:
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it; the legacy TorchScript one is deprecated)
+    except ImportError:
+        raise UserError("--format onnx needs the onnx packages: pip install 'flowergan[export]'") from None
+    torch.onnx.export(G.eval(), _example(G), str(path), dynamo=True, input_names=["z"], output_names=["images"],
+                      dynamic_shapes=_dynamic_batch(), external_data=False, verbose=False)

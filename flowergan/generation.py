@@ -1,0 +1,93 @@
+"""Samples of a trained G for users: `load_generator` (an export folder, a checkpoint or a run dir) and `generate`.
+
+Sample i depends only on (seed, i) and G, never on the batch size or on n: z is drawn on the CPU from one
+generator in blocks of BLOCK rows, and G always runs on exactly one such block in eval mode. Both matter: in
+float32 the same z gives images that differ by ~1e-9 between batch shapes (other kernels), which flips a uint8
+pixel now and then over thousands of images; a fixed forward shape makes the result bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flowergan.visuals import to_uint8
+
+BLOCK = 64  # rows of z per draw and per forward pass; part of what a seed means, so never changes with --batch
+
+
+def _device_of(G: nn.Module) -> torch.device:
+    p = next(G.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def latent_blocks(nz: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless [BLOCK, nz] standard-normal z blocks from one CPU generator (the same on every device)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randn(BLOCK, nz, generator=g)
+
+
+def _rebatch(chunks: Iterator[torch.Tensor], batch: int) -> Iterator[torch.Tensor]:
+    """The same rows regrouped into tensors of `batch` rows (the last may be smaller)."""
+    held: list[torch.Tensor] = []
+    count = 0
+    for chunk in chunks:
+        held.append(chunk)
+        count += len(chunk)
+        while count >= batch:
+            rows = torch.cat(held)
+            yield rows[:batch]
+            held, count = [rows[batch:]], count - batch
+    if count:
+        yield torch.cat(held)
+
+
+def iter_samples(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,
+                 device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
+    """G's first n samples for `seed` as uint8 [b, 3, H, W] CPU batches of `batch` images (the last may be
+    smaller); G runs in eval mode in fp32 on BLOCK-sized forward passes, and its mode is restored after."""
+    if n < 0 or batch < 1:
+        raise ValueError(f"need n >= 0 and batch >= 1, got n={n}, batch={batch}")
+    nz = getattr(G, "nz", None)
+    if not isinstance(nz, int):
+        raise TypeError("G needs an integer attribute nz (the length of z), as flowergan.models.Generator has")
+    dev = torch.device(device) if device is not None else _device_of(G)
+    return _rebatch(_forward_blocks(G, n, nz, seed, dev), batch)
+
+
+@torch.no_grad()
+def _forward_blocks(G: nn.Module, n: int, nz: int, seed: int, dev: torch.device) -> Iterator[torch.Tensor]:
+    was_training = G.training
+    G.eval()
+    try:
+        blocks = latent_blocks(nz, seed)
+        for lo in range(0, n, BLOCK):
+            # fp32 without autocast: the samples are the ones a saved PNG and the eval package see.
+            with torch.autocast(dev.type, enabled=False):
+                images = to_uint8(G(next(blocks).to(dev))).cpu()
+            yield images[: n - lo]
+    finally:
+        G.train(was_training)
+
+
+def generate(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,
+             device: str | torch.device | None = None) -> torch.Tensor:
+    """n samples of G as one uint8 tensor [n, 3, H, W] (RGB); the same images for a seed on any batch size."""
+    out = list(iter_samples(G, n, seed=seed, batch=batch, device=device))
+    return torch.cat(out) if out else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+
+
+def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+    """G in eval mode from an export folder (`flowergan export`), a checkpoint or a run dir (its newest
+    checkpoint; `ema=False` takes the raw G instead of G_ema there)."""
+    from flowergan import export
+
+    if export.is_export(Path(path)):
+        return export.load_export(Path(path), device=device)
+    from flowergan.train.checkpoint import load_generator as load_from_checkpoint
+
+    return load_from_checkpoint(path, ema=ema, device=device)[0]
