@@ -9,11 +9,20 @@ from typing import Annotated, Any
 
 import typer
 
+from flowergan.cli.runner import version_option
 from flowergan_eval.metrics import REGISTRY
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate flowergan checkpoints: FID/KID/IS, precision/recall, mode collapse, latent "
                        "space, and a self-contained HTML report.")
+
+
+@app.callback()
+def _root(version: bool = version_option("flowergan-eval")) -> None:
+    """Evaluate flowergan checkpoints: FID/KID/IS, precision/recall, mode collapse, latent space, and a
+    self-contained HTML report."""
+
+
 oracle_app = typer.Typer(no_args_is_help=True, help="The SynthFlowers mode classifier used by `modes`.")
 app.add_typer(oracle_app, name="oracle")
 
@@ -168,7 +177,7 @@ def main() -> None:
     """Console-script entry point (errors as in `flowergan`: one line, exit 2)."""
     from flowergan.cli.runner import run_app
 
-    run_app(app)
+    run_app(app, "flowergan-eval")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
-"""The `flowergan` command: train, sample, and the `data` group. User errors print one line and exit 2."""
+"""The `flowergan` command: train, sample, export, and the `data` group. User errors print one line and exit 2."""
 
 from __future__ import annotations
 
 import typer
 
-from flowergan.cli.runner import run_app
+from flowergan.cli.runner import run_app, version_option
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train DCGANs that generate flowers, from a laptop to a Kubernetes GPU cluster.")
+
+
+@app.callback()
+def _root(version: bool = version_option("flowergan")) -> None:
+    """Train DCGANs that generate flowers, from a laptop to a Kubernetes GPU cluster."""
 
 
 def _register() -> None:
     # Each sub-module adds its own commands; imported here so `flowergan --help` lists them all.
-    from flowergan.cli import data, train  # noqa: F401
+    from flowergan.cli import data, export, sample, train  # noqa: F401
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also `python -m flowergan`)."""
     _register()
-    run_app(app)
+    run_app(app, "flowergan")

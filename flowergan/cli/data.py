@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -17,8 +17,14 @@ app.add_typer(data_app, name="data")
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards + manifest.json.")]
 Size = Annotated[int, typer.Option("--size", help="Side of the square output images in pixels (64 and 128 are the "
                                                   "model sizes).")]
-Format = Annotated[str, typer.Option("--format", help="png (lossless, default) | jpg | webp (JPEG artefacts raise "
-                                                      "FID).")]
+# Choices are Literal types so that --help lists them and click rejects others (tests check they match the data
+# modules' FORMATS, CROPS, LAYOUTS and DATASETS).
+ImageFormat = Literal["png", "jpg", "webp"]
+Crop = Literal["center", "none"]
+Layout = Literal["auto", "folders", "flat", "oxford102", "oxford17"]
+DatasetName = Literal["oxford102", "oxford17", "tf-flowers"]
+Format = Annotated[ImageFormat, typer.Option("--format", help="png: lossless, the default | jpg | webp (JPEG "
+                                                              "artefacts raise FID).")]
 Quality = Annotated[int, typer.Option("--quality", help="jpg/webp quality 1-100 (webp 100 = lossless).")]
 Split = Annotated[str, typer.Option("--split", help="Keep only these splits, comma-separated (Oxford-102: "
                                                     "train,val,test); '' = all.")]
@@ -59,11 +65,12 @@ def shard(
     src: Annotated[Path, typer.Argument(help="A folder of class folders, a flat folder, a .tar/.tar.gz/.tgz/.zip of "
                                              "either, or the Oxford-102 layout (jpg/ + imagelabels.mat + setid.mat).")],
     out: Out, size: Size = 64, fmt: Format = "png", quality: Quality = 95,
-    crop: Annotated[str, typer.Option("--crop", help="center: centre-crop to a square | none: squeeze the whole "
+    crop: Annotated[Crop, typer.Option("--crop", help="center: centre-crop to a square | none: squeeze the whole "
                                                      "picture to a square.")] = "center",
     min_size: Annotated[int, typer.Option("--min-size", help="Reject images whose short side is below this (0 = "
                                                              "upscale small images, with a warning).")] = 0,
-    layout: Annotated[str, typer.Option("--layout", help="auto | folders | flat | oxford102 | oxford17.")] = "auto",
+    layout: Annotated[Layout, typer.Option("--layout", help="How the source is organised (auto: detect it).")
+                      ] = "auto",
     split: Split = "", name: Annotated[str, typer.Option("--name", help="Shard file prefix ('' = the source's "
                                                                          "name).")] = "",
     shard_size: ShardSize = 0, seed: Seed = 0, workers: Workers = WORKERS, force: Force = False,
@@ -101,7 +108,7 @@ def synth(
 
 @data_app.command()
 def fetch(
-    dataset: Annotated[str, typer.Argument(help="oxford102 | oxford17 | tf-flowers")],
+    dataset: Annotated[DatasetName, typer.Argument(help="The public data set to download.")],
     out: Out, size: Size = 64, fmt: Format = "png", quality: Quality = 95, split: Split = "",
     mirror: Annotated[str, typer.Option("--mirror", help="Base URL of a mirror holding the same files (checksums "
                                                          "are still verified).")] = "",

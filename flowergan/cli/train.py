@@ -58,36 +58,6 @@ def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
     typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'}")
 
 
-@app.command()
-def sample(
-    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint directory, or a run dir (its newest checkpoint)."),
-    n: int = typer.Option(64, "--n", min=1, max=4096, help="Images in the grid."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors."),
-    out: Path = typer.Option(Path("grid.png"), "--out", help="PNG file to write."),
-    raw: bool = typer.Option(False, "--raw", help="Use the raw G instead of its EMA."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
-) -> None:
-    """Write a grid of generated flowers from a checkpoint."""
-    import torch
-
-    from flowergan import visuals
-    from flowergan.devices import pick_device
-    from flowergan.train.checkpoint import load_generator
-
-    dev = pick_device(device)
-    G, cfg = load_generator(ckpt, ema=not raw, device=dev)
-    z = torch.randn(n, cfg.model.nz, generator=torch.Generator().manual_seed(seed)).to(dev)
-    with torch.no_grad():
-        grid = visuals.to_grid(G(z))
-    try:
-        visuals.save_png(grid, out)
-    except OSError as e:
-        from flowergan.errors import UserError
-
-        raise UserError(f"cannot write {out} ({e.strerror})") from None
-    typer.echo(f"wrote {out} ({n} images, {'raw G' if raw else 'G_ema'})")
-
-
 @app.command("config")
 def config_fields() -> None:
     """List every config field with its default and what it allows."""

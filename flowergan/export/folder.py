@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import flowergan
 from flowergan.config import ConfigError, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Generator, build_models
+from flowergan.outputs import check_free, publish, remove, temporary_beside
 
 FORMATS = ("safetensors", "pt2", "onnx")
 KIND, KIND_VERSION = "flowergan-generator", 1
@@ -83,25 +81,6 @@ def _source(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
             "saved_at": state.get("saved_at"), "trained_with": state.get("version")}
 
 
-def _writable_tmp(out: Path) -> Path:
-    """A temporary folder beside `out` (the rename that publishes it stays on one file system)."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-
-
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise UserError(f"--out {out} already exists; choose a new folder or pass --force to replace it")
-    old = out.with_name(f".tmp-old-{out.name}-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = ("safetensors",), ema: bool = True,
            force: bool = False) -> Path:
     """Write the export folder `out` for G_ema (or G with ema=False) of a checkpoint or run dir; returns `out`."""
@@ -111,14 +90,13 @@ def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = (
 
     wanted, out = parse_formats(formats), Path(out)
     ckpt = resolve_checkpoint(src)
-    if out.exists() and not force:
-        raise UserError(f"--out {out} already exists; choose a new folder or pass --force to replace it")
+    check_free(out, force)
     cfg, state = checkpoint_config(ckpt), read_state(ckpt)
     with safe_open(str(ckpt / CKPT_WEIGHTS), "pt") as f:
         weights = "G_ema" if ema and any(k.startswith("G_ema.") for k in f.keys()) else "G"
     G, _ = load_generator(ckpt, ema=weights == "G_ema")
     meta = generator_config(cfg.to_dict()["model"], weights=weights, source=_source(ckpt, state), formats=wanted)
-    tmp = _writable_tmp(out)
+    tmp = temporary_beside(out, directory=True)
     try:
         save_file({k: v.detach().contiguous() for k, v in G.state_dict().items()}, str(tmp / WEIGHTS),
                   metadata={"format": "pt", "kind": KIND})
@@ -131,8 +109,8 @@ def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = (
                 graphs.write_pt2(G, tmp / FILES["pt2"])
             if "onnx" in wanted:
                 graphs.write_onnx(G, tmp / FILES["onnx"])
-        _publish(tmp, out, force)
+        publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         raise
     return out

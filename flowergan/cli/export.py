@@ -1,0 +1,27 @@
+"""`flowergan export`: a self-contained folder with G only (safetensors, config.json, model card; pt2/onnx)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowergan.cli import app
+
+
+@app.command("export")
+def export_command(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="A checkpoint directory, or a run dir (its newest one).")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write (must not exist, unless --force).")],
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: safetensors (always written), pt2 "
+                                                          "(torch.export), onnx.")] = "safetensors",
+    raw: Annotated[bool, typer.Option("--raw", help="Export the raw G instead of its EMA (G_ema).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Export G (its EMA unless --raw) for use outside flowergan; D and optimizer state never leave."""
+    from flowergan.export import export
+
+    folder = export(ckpt, out, formats=formats, ema=not raw, force=force)
+    files = ", ".join(sorted(p.name for p in folder.iterdir()))
+    typer.echo(f"wrote {folder}: {files}")
