@@ -14,3 +14,24 @@ def tiny_run(run_dir: Path, steps: int = 10) -> Path:
     train(tiny_config(run_dir, f"train.steps={steps}", f"train.checkpoint_every={steps}",
                       f"log.sample_every={steps}"), stream=TensorStream())
     return run_dir
+
+
+def run_main(capsys, *args: object) -> tuple[int, str, str]:
+    """`flowergan ARGS` in this process through the console script's entry point (its error handling included):
+    (exit code, stdout, stderr). Seconds faster than a subprocess, which imports torch again."""
+    import sys
+
+    from flowergan.cli import main
+
+    argv = sys.argv
+    sys.argv = ["flowergan", *map(str, args)]
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
