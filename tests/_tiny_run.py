@@ -7,12 +7,13 @@ from pathlib import Path
 from _core import TensorStream, tiny_config
 
 
-def tiny_run(run_dir: Path, steps: int = 10) -> Path:
-    """Train `steps` steps into `run_dir` (one checkpoint at the end) and return the run dir."""
+def tiny_run(run_dir: Path, *overrides: str, steps: int = 10) -> Path:
+    """Train `steps` steps into `run_dir` (one checkpoint at the end; `overrides` as --set takes them) and return
+    the run dir."""
     from flowergan.train.loop import train
 
     train(tiny_config(run_dir, f"train.steps={steps}", f"train.checkpoint_every={steps}",
-                      f"log.sample_every={steps}"), stream=TensorStream())
+                      f"log.sample_every={steps}", *overrides), stream=TensorStream())
     return run_dir
 
 
