@@ -168,3 +168,15 @@ def test_a_failure_while_writing_leaves_nothing_behind(run, tmp_path, monkeypatc
     assert isinstance(r.exception, OSError)
     assert written and written[0][0].startswith(".tmp-png-")  # it was writing into a temporary folder
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_samples_do_not_depend_on_the_batch_size(run):
+    """On the GPU too (cuDNN picks kernels per shape, hence the fixed forward shape); close to the CPU's."""
+    G = load_generator(run, device="cuda")
+    ref = generate(G, BLOCK + 9, seed=1, batch=BLOCK + 9)
+    for batch in (1, 7, BLOCK):
+        assert torch.equal(generate(G, BLOCK + 9, seed=1, batch=batch), ref), batch
+    cpu = generate(load_generator(run), BLOCK + 9, seed=1)
+    assert (ref.int() - cpu.int()).abs().max() <= 1  # fp32 on two devices: at most one uint8 step apart
