@@ -50,8 +50,8 @@ def iter_samples(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,
                  device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
     """G's first n samples for `seed` as uint8 [b, 3, H, W] CPU batches of `batch` images (the last may be
     smaller); G runs in eval mode in fp32 on BLOCK-sized forward passes, and its mode is restored after."""
-    if n < 0 or batch < 1:
-        raise ValueError(f"need n >= 0 and batch >= 1, got n={n}, batch={batch}")
+    if n < 1 or batch < 1:
+        raise ValueError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
     nz = getattr(G, "nz", None)
     if not isinstance(nz, int):
         raise TypeError("G needs an integer attribute nz (the length of z), as flowergan.models.Generator has")
@@ -77,8 +77,7 @@ def _forward_blocks(G: nn.Module, n: int, nz: int, seed: int, dev: torch.device)
 def generate(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,
              device: str | torch.device | None = None) -> torch.Tensor:
     """n samples of G as one uint8 tensor [n, 3, H, W] (RGB); the same images for a seed on any batch size."""
-    out = list(iter_samples(G, n, seed=seed, batch=batch, device=device))
-    return torch.cat(out) if out else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    return torch.cat(list(iter_samples(G, n, seed=seed, batch=batch, device=device)))
 
 
 def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
@@ -87,6 +86,10 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
     from flowergan import export
 
     if export.is_export(Path(path)):
+        if not ema and export.exported_weights(Path(path)) == "G_ema":
+            from flowergan.errors import UserError
+
+            raise UserError(f"{path} is an export of G_ema only: export the raw G with `flowergan export --raw`")
         return export.load_export(Path(path), device=device)
     from flowergan.train.checkpoint import load_generator as load_from_checkpoint
 

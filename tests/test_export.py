@@ -61,6 +61,11 @@ def test_export_g_is_bit_identical_to_the_checkpoints_g_ema(run, exported, tmp_p
     assert json.loads((raw / "config.json").read_text())["weights"] == "G"
     assert torch.equal(generate(load_generator(raw), 4), generate(load_generator(run, ema=False), 4))
     assert not torch.equal(generate(load_generator(raw), 4), generate(G_ema, 4))  # G and G_ema differ
+    assert torch.equal(generate(load_generator(raw, ema=False), 4), generate(load_generator(raw), 4))
+    from flowergan.errors import UserError
+
+    with pytest.raises(UserError, match="export of G_ema only"):
+        load_generator(exported, ema=False)  # sample --raw on a G_ema export: it cannot give what was asked
 
 
 def test_pt2_and_onnx_agree_with_the_safetensors_g(exported):

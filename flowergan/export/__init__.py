@@ -7,6 +7,6 @@
   generator.onnx     on request: ONNX (opset of torch's dynamo exporter), dynamic batch
 """
 
-from flowergan.export.folder import FORMATS, export, is_export, load_export
+from flowergan.export.folder import FORMATS, export, exported_weights, is_export, load_export
 
-__all__ = ["FORMATS", "export", "is_export", "load_export"]
+__all__ = ["FORMATS", "export", "exported_weights", "is_export", "load_export"]

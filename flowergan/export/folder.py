@@ -59,6 +59,11 @@ def is_export(path: Path) -> bool:
         return False
 
 
+def exported_weights(folder: Path) -> str:
+    """Which network an export folder holds: "G_ema" or "G"."""
+    return str(json.loads((folder / CONFIG).read_text()).get("weights", "G_ema"))
+
+
 def load_export(folder: Path, *, device: str | torch.device = "cpu") -> Generator:
     """G of an export folder in eval mode, rebuilt from config.json's model section."""
     try:
