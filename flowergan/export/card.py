@@ -108,7 +108,8 @@ A DCGAN generator (Radford et al. 2016) trained with flowergan on
 `{info['dataset']['path']}` (fingerprint `{info['dataset']['fingerprint']}`) for {info['training_steps']} steps,
 {info['images_seen']} images seen. These are the weights of **{meta['weights']}**.
 
-Files: {files}, `config.json` (the model section and the conventions below). Nothing here is pickled.
+Files: {files}, `config.json` (the model section and the conventions below). G only: no discriminator and no
+optimizer state; `model.safetensors` loads without unpickling anything.
 
 ## Use
 

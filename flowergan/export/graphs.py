@@ -22,7 +22,8 @@ def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
 
 
 def write_pt2(G: nn.Module, path: Path) -> None:
-    """torch.export program of G in eval mode (z [batch, nz] -> images [batch, 3, R, R]), saved without pickle."""
+    """torch.export program of G in eval mode (z [batch, nz] -> images [batch, 3, R, R]). The archive holds the
+    graph as JSON, the weights as raw bytes and torch's example input as a tensors-only torch.save."""
     program = torch.export.export(G.eval(), _example(G), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(path))
 
