@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import typer
@@ -14,7 +14,11 @@ from flowergan.cli import app
 from flowergan.errors import UserError
 from flowergan.outputs import check_free, publish, remove, temporary_beside
 
+if TYPE_CHECKING:
+    import torch
+
 GRID_MAX = 4096
+Batches = Iterator["torch.Tensor"]  # uint8 [b, 3, H, W] on the CPU, in index order
 
 
 SampleFormat = Literal["grid", "png", "npz"]
@@ -58,11 +62,10 @@ def sample(
     except BaseException:
         remove(tmp)
         raise
-    what = "raw G" if raw else "G_ema"
-    typer.echo(f"wrote {out} ({n} images, {fmt}, seed {seed}, {what} of {ckpt})")
+    typer.echo(f"wrote {out} ({n} images, {fmt}, seed {seed}{', raw G' if raw else ''})")
 
 
-def _with_progress(batches: Iterator, n: int, enabled: bool) -> Iterator:
+def _with_progress(batches: Batches, n: int, enabled: bool) -> Batches:
     from rich.console import Console
 
     from flowergan.progress import progress_bar
@@ -74,11 +77,11 @@ def _with_progress(batches: Iterator, n: int, enabled: bool) -> Iterator:
             bar.advance(task, len(images))
 
 
-def _hwc(images) -> np.ndarray:
+def _hwc(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def write_grid(batches: Iterator, n: int, path: Path) -> None:
+def write_grid(batches: Batches, n: int, path: Path) -> None:
     """All images in one PNG grid (at most GRID_MAX images, so they fit in memory)."""
     import torch
 
@@ -88,7 +91,7 @@ def write_grid(batches: Iterator, n: int, path: Path) -> None:
     visuals.save_png(visuals.to_grid(images.float() / 127.5 - 1.0), path)
 
 
-def write_pngs(batches: Iterator, n: int, folder: Path) -> None:
+def write_pngs(batches: Batches, n: int, folder: Path) -> None:
     """One lossless RGB PNG per image, 000000.png, 000001.png, ... in index order."""
     from PIL import Image
 
@@ -99,7 +102,7 @@ def write_pngs(batches: Iterator, n: int, folder: Path) -> None:
             i += 1
 
 
-def write_npz(batches: Iterator, n: int, path: Path) -> None:
+def write_npz(batches: Batches, n: int, path: Path) -> None:
     """One npz holding `images` uint8 [n, H, W, 3], filled batch by batch through a memory-mapped .npy."""
     npy = path.with_name(path.name + ".npy")
     try:
