@@ -130,7 +130,8 @@ def test_model_card_front_matter_is_what_the_hub_reads(run, exported):
 def test_scores_carry_n_extractor_and_reference(run):
     ckpt = resolve_checkpoint(run)
     cfg = checkpoint_config(ckpt)
-    state = {**read_state(ckpt), "metrics": {"kid1k": 0.0123, "kid1k/std": 0.002, "fid500": 87.5, "Loss/D": 1.0}}
+    state = {**read_state(ckpt), "metrics": {"kid1k": 0.0123, "kid1k/std": 0.002, "fid500": 87.5, "Loss/D": 1.0},
+             "best": 0.011}
     meta = json.loads(json.dumps({"weights": "G_ema", "resolution": 64, "nz": 100, "files": {}}))
     fm = yaml.safe_load(model_card(meta, state, cfg).split("---\n")[1])
     assert fm == json.loads(json.dumps(front_matter(meta, state, cfg)))
@@ -138,6 +139,8 @@ def test_scores_carry_n_extractor_and_reference(run):
     assert by_name["kid1k"]["n_generated"] == 1000 and by_name["fid500"]["n_generated"] == 500
     assert by_name["kid1k/std"]["statistic"].startswith("standard deviation")
     assert "Inception" in by_name["kid1k"]["extractor"] and by_name["kid1k"]["reference"] == cfg.data.path
+    assert by_name["kid1k"]["weights"] == "G_ema" and "n_generated" not in by_name["Loss/D"]
+    assert fm["flowergan"]["best_score"]["value"] == 0.011 and fm["flowergan"]["best_score"]["metric"] == "kid"
     (result,) = fm["model-index"][0]["results"]
     assert result["metrics"] == [{"type": "kid", "name": "kid1k", "value": 0.0123},
                                  {"type": "fid", "name": "fid500", "value": 87.5}]

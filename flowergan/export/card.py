@@ -40,7 +40,8 @@ def provenance(name: str, cfg: Config) -> dict[str, Any]:
                 "statistic": "standard deviation over KID subsets" if m.group(4) else "value",
                 "n_generated": n, "extractor": EXTRACTOR,
                 "extractor_weights": cfg.eval.inception_weights or "$FLOWERGAN_INCEPTION_WEIGHTS or the cache",
-                "reference": cfg.eval.data or cfg.data.path, "z_seed": cfg.train.seed, "weights": "G_ema"}
+                "reference": cfg.eval.data or cfg.data.path, "z_seed": cfg.train.seed,
+                "weights": "G_ema" if cfg.train.ema else "G"}
     return {"source": f"training loop: mean over the last {cfg.log.every} steps before this checkpoint"
             if name.startswith(("Loss/", "D/")) else "training loop, at the last log interval before this checkpoint"}
 
@@ -81,6 +82,11 @@ def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> di
             "metrics": [{"name": k, "value": v, **provenance(k, cfg)} for k, v in metrics.items()],
         },
     }
+    best = state.get("best")
+    if isinstance(best, (int, float)):  # the run's best headline score up to this checkpoint, if it kept one
+        card["flowergan"]["best_score"] = {"value": best, "metric": cfg.eval.metric, "n_generated": cfg.eval.n,
+                                           "source": "best in-training score up to this checkpoint (lower is "
+                                                     "better)"}
     if scores:
         card["model-index"] = [{"name": f"flowergan-dcgan-{meta['resolution']}", "results": [{
             "task": {"type": "unconditional-image-generation"},
