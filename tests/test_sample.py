@@ -91,6 +91,7 @@ def test_png_npz_and_grid_hold_the_same_pixels(run, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "png", "s.npz"]  # no temporary left
 
 
+@pytest.mark.slow  # building the random Inception weights and two CPU Inception passes: 9-25 s on 2 busy cores
 def test_torch_fidelity_reads_every_png_that_sample_wrote(run, tmp_path, capsys):
     """torch-fidelity's own folder reader and extractor (random but fixed weights) on `sample --format png`:
     every file is read, the pixels are the generated ones, and its features equal the eval package's."""
