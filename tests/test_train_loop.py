@@ -198,4 +198,6 @@ def test_usage_errors_are_short_not_tracebacks(script, args):
     exe = os.path.join(os.path.dirname(sys.executable), script)
     r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("Error: ")
+    lines = r.stderr.strip().splitlines()
+    # One line, like every other user error, naming the command whose --help explains it.
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help)" in lines[0], r.stderr

@@ -209,6 +209,15 @@ class InTrainingEval:
     nz: int
     seed: int
 
+    @property
+    def best_key(self) -> str:
+        """The score that picks the best checkpoint, e.g. kid1k."""
+        return M.metric_name(self.metric, self.n)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return True  # FID and KID are distances
+
     def __call__(self, G: nn.Module, device: torch.device) -> dict[str, float]:
         return in_training_metric(G, nz=self.nz, metric=self.metric, n=self.n, data=self.data, device=device,
                                   inception_weights=self.inception_weights, seed=self.seed)

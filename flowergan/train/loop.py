@@ -25,6 +25,7 @@ from flowergan.errors import UserError
 from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
+from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger, RunLogger
 from flowergan.train.report import TrainProgress
@@ -32,9 +33,6 @@ from flowergan.train.step import Precision, Targets, ema_update, gan_step, resol
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
 OnCheckpoint = Callable[[int, "Path | None", dict[str, float]], None]
-# In-training evaluation, built by the caller (the CLI builds it from flowergan_eval): G in eval mode and the
-# device -> {metric name: value}, lower is better for the first entry. The loop never imports flowergan_eval.
-Evaluate = Callable[[nn.Module, torch.device], dict[str, float]]
 
 
 def total_steps(cfg: Config, num_samples: int) -> int:
@@ -178,7 +176,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     finite = torch.ones((), dtype=torch.bool, device=device)
     acc_n = epoch_acc_n = 0
     last_metrics: dict[str, float] = {}
-    best_value = math.inf
+    best_value = initial_best(evaluate)
     retries = 0
     snapshot = _Snapshot.take(step, images_seen, stateful)
 
@@ -262,10 +260,8 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 scores = evaluate(G_ema or G, device) if rank == 0 and evaluate is not None else {}
                 last_metrics.update(scores)
                 log.scalars(step, {f"Eval/{k}": v for k, v in scores.items()})
-                if scores:
-                    value = next(iter(scores.values()))
-                    is_best = value < best_value
-                    best_value = min(best_value, value)
+                if evaluate is not None and improves(evaluate, scores, best_value):
+                    is_best, best_value = True, scores[evaluate.best_key]
             if ckpt_due or eval_due:
                 save(step, dict(last_metrics), is_best)
                 snapshot = _Snapshot.take(step, images_seen, stateful)

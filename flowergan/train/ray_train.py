@@ -49,7 +49,7 @@ from flowergan.train import distributed as dist
 from flowergan.train.faults import maybe_inject_fault
 
 if TYPE_CHECKING:
-    from flowergan.train.loop import Evaluate
+    from flowergan.train.evaluation import Evaluate
 
 MakeEvaluate = Callable[[Config], "Evaluate | None"]  # built in each worker (the CLI passes flowergan_eval's)
 
