@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Docker image) change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench lint install dev clean system-deps
+.PHONY: demo test test-fast bench lint install dev clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,16 +39,22 @@ demo: install
 	      "tensorboard --logdir runs/smoke/tb"
 
 test: install system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# The inner loop: everything not marked slow (a few minutes on 2 cores).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 bench: install
 	@for b in benchmarks/train_step.py benchmarks/loader.py benchmarks/features.py benchmarks/scaling.py; do \
 	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Style (ruff) and types (mypy, configured in pyproject.toml); .ci/run runs it after the tests.
+# Style (ruff), types (mypy) and the import layering (import-linter), all configured in pyproject.toml; .ci/run
+# runs it after the tests.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs data .pytest_cache

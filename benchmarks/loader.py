@@ -6,7 +6,7 @@ All read the same photos (the flowers5-128 tar: 4,317 JPEGs at 128 px) and produ
 * ImageFolder: the usual recipe, Resize, CenterCrop, RandomHorizontalFlip, ToTensor, Normalize in a DataLoader,
   reading the JPEG files;
 * webdataset: the same shards through `wds.ResampledShards` + `wds.tarfile_to_samples` + `wds.shuffle` +
-  `wds.batched`, decoded exactly as the stream decodes (flowergan.data.decode + the same flip/convert), in a
+  `wds.batched`, decoded exactly as the stream decodes (flowergan.data.loader.decode + the same flip/convert), in a
   DataLoader: what the stream would be with webdataset's tar reader and none of the Plan;
 * flowergan stream, `data.cache = "none"` and `"memory"`.
 
@@ -60,8 +60,8 @@ class _DecodeAndFlip:
         self.hflip, self.count = hflip, itertools.count()
 
     def __call__(self, samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        from flowergan.data.augment import to_float
-        from flowergan.data.decode import decode_batch
+        from flowergan.data.loader.decode import decode_batch
+        from flowergan.data.loader.transform import to_float
 
         x, labels, bad = decode_batch(samples, "png", 64)
         assert not bad
@@ -74,8 +74,8 @@ def _parts(urls: list[str], rounds: int) -> None:
     import webdataset as wds
     from PIL import Image
 
+    from flowergan.data.loader.tar_reader import iter_samples
     from flowergan.data.png import decode_png_batch
-    from flowergan.data.tario import iter_samples
 
     def tario() -> int:
         n = 0
@@ -133,9 +133,9 @@ def main() -> None:
 
     from flowergan.config import DataConfig
     from flowergan.data import build_stream
-    from flowergan.data.archives import extract
-    from flowergan.data.build import ShardOptions, shard_source
-    from flowergan.data.images import ImageOptions
+    from flowergan.data.ingest.archives import extract
+    from flowergan.data.ingest.images import ImageOptions
+    from flowergan.data.ingest.sharder import ShardOptions, shard_source
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="flowergan-bench-") as tmp:

@@ -55,9 +55,9 @@ def test_literal_choices_match_the_data_modules():
     import typing
 
     from flowergan.cli import data as data_cli
-    from flowergan.data.fetch import DATASETS
-    from flowergan.data.images import CROPS, FORMATS
-    from flowergan.data.sources import LAYOUTS
+    from flowergan.data.ingest.fetch import DATASETS
+    from flowergan.data.ingest.images import CROPS, FORMATS
+    from flowergan.data.ingest.sources import LAYOUTS
 
     for alias, values in ((data_cli.ImageFormat, FORMATS), (data_cli.Crop, CROPS), (data_cli.Layout, LAYOUTS),
                           (data_cli.DatasetName, tuple(DATASETS))):

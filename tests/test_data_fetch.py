@@ -13,10 +13,10 @@ import pytest
 from scipy.io import savemat
 from test_data_support import RangeServer, jpeg_bytes, photo, run_cli
 
-from flowergan.data.build import ShardOptions
-from flowergan.data.fetch import DATASETS, DatasetSpec, RemoteFile, download, fetch
-from flowergan.data.images import ImageOptions
-from flowergan.data.shards import verify
+from flowergan.data.format import verify
+from flowergan.data.ingest.fetch import DATASETS, DatasetSpec, RemoteFile, download, fetch
+from flowergan.data.ingest.images import ImageOptions
+from flowergan.data.ingest.sharder import ShardOptions
 from flowergan.errors import UserError
 
 OPTS = ShardOptions(image=ImageOptions(size=16), workers=1)

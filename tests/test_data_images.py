@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from test_data_support import bomb_png, jpeg_bytes, photo, png_bytes
 
-from flowergan.data.images import ImageOptions, Rejected, decode, open_image, process, to_rgb
+from flowergan.data.ingest.images import ImageOptions, Rejected, decode, open_image, process, to_rgb
+from flowergan.data.loader.tar_reader import iter_samples
 from flowergan.data.png import decode_png_batch, decode_png_fast, encode_png
-from flowergan.data.tario import iter_samples
 
 OPTS = ImageOptions(size=16, crop="none")
 

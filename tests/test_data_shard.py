@@ -16,9 +16,9 @@ from PIL import Image
 from scipy.io import savemat
 from test_data_support import bomb_png, jpeg_bytes, make_class_folders, photo, png_bytes, run_cli
 
-from flowergan.data.build import ShardOptions, shard_source
-from flowergan.data.images import ImageOptions
-from flowergan.data.shards import read_manifest, verify
+from flowergan.data.format import read_manifest, verify
+from flowergan.data.ingest.images import ImageOptions
+from flowergan.data.ingest.sharder import ShardOptions, shard_source
 from flowergan.errors import UserError
 
 # ../shared beside the clone (as CI lays it out), or FLOWERGAN_SHARED.

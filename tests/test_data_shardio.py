@@ -18,11 +18,11 @@ from test_data_support import RangeServer, png_bytes
 
 from flowergan.config import DataConfig
 from flowergan.data import build_stream, read_manifest
-from flowergan.data.decode import decode_batch
+from flowergan.data.format import verify
+from flowergan.data.ingest.synth import write_synthflowers
+from flowergan.data.loader.decode import decode_batch
+from flowergan.data.loader.shard_reader import ShardError, iter_samples
 from flowergan.data.png import encode_png
-from flowergan.data.shardio import ShardError, iter_samples
-from flowergan.data.shards import verify
-from flowergan.data.synth import write_synthflowers
 from flowergan.errors import UserError
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from flowergan.config import DataConfig
 from flowergan.data import build_stream, read_manifest
-from flowergan.data.plan import Plan
-from flowergan.data.synth import write_synthflowers
+from flowergan.data.ingest.synth import write_synthflowers
+from flowergan.data.loader.plan import Plan
 from flowergan.errors import UserError
 
 N = 200

@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 from test_data_support import run_cli
 
-from flowergan.data.shards import read_manifest, verify
-from flowergan.data.synth import HUES, NUM_MODES, PETAL_COUNTS, draw_params, generate, mode_names, mode_of, render
+from flowergan.data.format import read_manifest, verify
+from flowergan.data.ingest.synth import (
+    HUES,
+    NUM_MODES,
+    PETAL_COUNTS,
+    draw_params,
+    generate,
+    mode_names,
+    mode_of,
+    render,
+)
 
 
 def test_modes_are_48_balanced_and_named():
@@ -91,7 +100,7 @@ def test_demo_data_then_a_few_training_steps(tmp_path):
     from flowergan.train.loop import train
 
     data = tmp_path / "synth64"
-    from flowergan.data.synth import write_synthflowers
+    from flowergan.data.ingest.synth import write_synthflowers
 
     write_synthflowers(data, n=128, size=64, seed=0, workers=2, progress=False)
     cfg = tiny_config(tmp_path / "run", "train.steps=4", f"data.path={data}", "data.workers=1")

@@ -22,7 +22,7 @@ from flowergan_eval.cli import app
 from flowergan_eval.real import iter_real, open_real
 from typer.testing import CliRunner
 
-from flowergan.data.shards import read_manifest
+from flowergan.data.format import read_manifest
 
 N = 8
 

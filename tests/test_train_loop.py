@@ -145,7 +145,7 @@ def test_sample_cli_and_errors(tmp_path):
 
 def test_resume_is_bit_identical_on_real_shards_with_a_loader_worker(tmp_path):
     """The same property through the real path: SynthFlowers shards, a loader process, flips on."""
-    from flowergan.data.synth import write_synthflowers
+    from flowergan.data.ingest.synth import write_synthflowers
 
     shards = tmp_path / "synth64"
     write_synthflowers(shards, n=96, size=64, seed=0, shard_size=12, progress=False)
@@ -184,7 +184,7 @@ def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
 
 def test_training_never_imports_the_eval_package():
     """The import graph reads top to bottom: evaluation is handed to the loop, which never imports it."""
-    code = ("import sys, flowergan.train.loop, flowergan.train.step, flowergan.data.stream; "
+    code = ("import sys, flowergan.train.loop, flowergan.train.step, flowergan.data.loader.stream; "
             "print(sorted(m for m in sys.modules if m.startswith('flowergan_eval')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -58,11 +58,11 @@ class Evaluation:
         self.generator_name = "G"
         self.state: dict[str, Any] = {}
         if ckpt is not None:
-            from flowergan.train.checkpoint import load_generator, read_state, resolve_checkpoint
+            from flowergan.train.checkpoint import has_ema, load_generator, read_state, resolve_checkpoint
 
             self.ckpt = resolve_checkpoint(ckpt)
             self.G, self.cfg = load_generator(self.ckpt, ema=not opts.raw, device=self.device)
-            self.generator_name = "G" if opts.raw or not _has_ema(self.ckpt) else "G_ema"
+            self.generator_name = "G" if opts.raw or not has_ema(self.ckpt) else "G_ema"
             self.state = read_state(self.ckpt)
             self.nz = self.cfg.model.nz
             self.resolution = self.cfg.model.resolution
@@ -94,13 +94,13 @@ class Evaluation:
     @cached_property
     def fake_images(self) -> torch.Tensor:
         """All n generated images as uint8 on the CPU (for the diversity measures and the report)."""
-        return torch.cat([x.cpu() for x in FT.generate(self._G(), self.z, batch=self.opts.batch,
+        return torch.cat([x.cpu() for x in FT.generate(self.generator(), self.z, batch=self.opts.batch,
                                                        device=self.device)])
 
     @cached_property
     def fake(self) -> FT.Features:
-        images = FT.generate(self._G(), self.z, batch=self.opts.batch, device=self.device)
-        if "fake_images" in self.__dict__:  # already generated: reuse rather than run G again
+        images = FT.generate(self.generator(), self.z, batch=self.opts.batch, device=self.device)
+        if self.computed("fake_images"):  # already generated: reuse rather than run G again
             images = self.fake_images.split(self.opts.batch)
         return FT.extract(self.extractor, images, self.opts.n, progress=self.bar, description="generated features")
 
@@ -108,7 +108,12 @@ class Evaluation:
     def real_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         return load_real(self.require_real(), self.reference.n)
 
-    def _G(self) -> nn.Module:
+    def computed(self, piece: str) -> bool:
+        """Whether a cached piece (e.g. "real_images") was already computed, so a caller can reuse it for free."""
+        return piece in self.__dict__  # where functools.cached_property keeps its values
+
+    def generator(self) -> nn.Module:
+        """The checkpoint's generator (G_ema unless --raw); needs --ckpt."""
         self.require_ckpt()
         assert self.G is not None  # loaded with the checkpoint
         return self.G
@@ -169,13 +174,6 @@ class Evaluation:
                    "near_dup_threshold": dup["threshold"], "real_nn_dist_median": mem["real_nn_dist_median"],
                    "closest": mem["closest"]}
         return {"metrics": values, "details": details}
-
-
-def _has_ema(ckpt: Path) -> bool:
-    from safetensors import safe_open
-
-    with safe_open(str(ckpt / "models.safetensors"), framework="pt") as f:
-        return any(k.startswith("G_ema.") for k in f.keys())
 
 
 # ---------------------------------------------------------------- for the training loop

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flowergan.cli.runner import version_option
+from flowergan.console import version_option
+from flowergan_eval import __version__
 from flowergan_eval.metrics import REGISTRY
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
@@ -18,7 +19,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
 
 
 @app.callback()
-def _root(version: bool = version_option("flowergan-eval")) -> None:
+def _root(version: bool = version_option("flowergan-eval", __version__)) -> None:
     """Evaluate flowergan checkpoints: FID/KID/IS, precision/recall, mode collapse, latent space, and a
     self-contained HTML report."""
 
@@ -175,7 +176,7 @@ def oracle_train(data: Data = "", json: Json = False, progress: Progress = True,
 
 def main() -> None:
     """Console-script entry point (errors as in `flowergan`: one line, exit 2)."""
-    from flowergan.cli.runner import run_app
+    from flowergan.console import run_app
 
     run_app(app, "flowergan-eval")
 

@@ -19,7 +19,7 @@ from flowergan_eval import features as FT
 from flowergan_eval import latent as L
 from flowergan_eval import metrics as M
 from flowergan_eval import oracle as O
-from flowergan_eval.api import Evaluation, Options, _has_ema
+from flowergan_eval.api import Evaluation, Options
 from flowergan_eval.ui import progress
 
 
@@ -129,7 +129,7 @@ def run_modes(ckpt: str, opts: Options, oracle_dir: str | None = None, min_count
 def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps: int = 10,
                     with_gif: bool = False) -> dict[str, bytes]:
     """PNG (and GIF) bytes of the latent PCA, D-feature PCA, and lerp/slerp interpolation grids."""
-    G = ev._G()
+    G = ev.generator()
     pics: dict[str, bytes] = {}
     m = min(ev.opts.n, 500)
     pics["latent_pca.png"] = L.latent_pca_png(ev.z[:m].numpy(), ev.fake_images[:m], max_thumbs=thumbs)
@@ -137,7 +137,7 @@ def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps:
         from flowergan.train.checkpoint import load_discriminator
 
         D, _ = load_discriminator(ev.require_ckpt(), device=ev.device)
-        real_x = ev.real_images[0] if "real_images" in ev.__dict__ else _first_real(ev, m)
+        real_x = ev.real_images[0] if ev.computed("real_images") else _first_real(ev, m)
         pics["d_features_pca.png"] = L.d_features_pca_png(FT.d_features(D, real_x[:m], device=ev.device),
                                                           FT.d_features(D, ev.fake_images[:m], device=ev.device))
     for mode in ("lerp", "slerp"):
@@ -229,7 +229,7 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
 
 def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
     """Compute everything and write one self-contained HTML page."""
-    from flowergan.train.checkpoint import load_generator
+    from flowergan.train.checkpoint import has_ema, load_generator
     from flowergan_eval import report as R
 
     if not opts.data:
@@ -245,7 +245,7 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         grid_n = min(64, opts.n)
         grids = {"G_ema" if ev.generator_name == "G_ema" else "G (raw)": L.grid_png(ev.fake_images[:grid_n], nrow=8)}
         ckpt_dir = ev.require_ckpt()
-        if _has_ema(ckpt_dir):
+        if has_ema(ckpt_dir):
             other_is_ema = ev.generator_name != "G_ema"
             other, _ = load_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
             images = torch.cat([x.cpu() for x in FT.generate(other, ev.z[:grid_n], batch=opts.batch,

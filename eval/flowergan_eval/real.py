@@ -1,9 +1,9 @@
 """Real images for evaluation: every sample of a shard set once, in manifest order, never augmented.
 
 The training stream resamples and flips; reference statistics need each image exactly once and unchanged,
-so this module reads the shards the manifest lists in order, through the same shard I/O and decoder as training
-(flowergan.data.shardio, flowergan.data.decode). A sample that does not decode is reported by shard and key and
-skipped; the good ones are kept.
+so this module reads the shards the manifest lists in order, through the same shard reader and decoder as
+training (flowergan.data.loader.shard_reader and .decode). A sample that does not decode is reported by shard and
+key and skipped; the good ones are kept.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class RealSet:
 
 def open_real(path: str) -> RealSet:
     """The shard set at `path` (folder, manifest.json, URL or pipe: template), via its manifest."""
-    from flowergan.data.shards import read_manifest
+    from flowergan.data.format import read_manifest
 
     if not path:
         raise UserError("--data is required: a shard folder with manifest.json (make one with `flowergan data "
@@ -73,7 +73,7 @@ def open_real(path: str) -> RealSet:
 
 def _good(real: RealSet, raw: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Decode `raw` samples; report and drop the ones that fail (one bad sample must not cost the evaluation)."""
-    from flowergan.data.decode import decode_batch
+    from flowergan.data.loader.decode import decode_batch
 
     x, y, bad = decode_batch(raw, real.manifest["image_format"], real.resolution)
     for k, reason in bad:
@@ -86,8 +86,8 @@ def _good(real: RealSet, raw: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def _decoded(real: RealSet, want: int, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The first `want` decodable samples in manifest order, a chunk at a time; nothing past them is read."""
-    from flowergan.data.shardio import iter_samples
-    from flowergan.data.shards import shard_url
+    from flowergan.data.format import shard_url
+    from flowergan.data.loader.shard_reader import iter_samples
 
     have = 0
     for rec in real.manifest["shards"]:

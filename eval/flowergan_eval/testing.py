@@ -30,7 +30,7 @@ def synth_shards(folder: Path, n: int, seed: int = 0, size: int = 64) -> Path:
     """SynthFlowers shards, written by the code behind `flowergan data synth`, created on first use."""
     from rich.console import Console
 
-    from flowergan.data.synth import write_synthflowers
+    from flowergan.data.ingest.synth import write_synthflowers
 
     out = Path(folder) / f"synth-{n}-{seed}-{size}"
     if not (out / "manifest.json").is_file():

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from flowergan.cli.runner import run_app, version_option
+from flowergan import __version__
+from flowergan.console import run_app, version_option
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train DCGANs that generate flowers, from a laptop to a Kubernetes GPU cluster.")
 
 
 @app.callback()
-def _root(version: bool = version_option("flowergan")) -> None:
+def _root(version: bool = version_option("flowergan", __version__)) -> None:
     """Train DCGANs that generate flowers, from a laptop to a Kubernetes GPU cluster."""
 
 

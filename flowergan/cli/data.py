@@ -50,8 +50,8 @@ def _plan(what: str, **options) -> None:
 def _shard_options(*, size: int, fmt: str, quality: int, crop: str = "center", min_size: int = 0, split: str,
                    shard_size: int, seed: int, workers: int, **extra):
     """ShardOptions from the command line, checked (so --dry-run fails on what the real run would fail on)."""
-    from flowergan.data.build import ShardOptions, check_image_options
-    from flowergan.data.images import ImageOptions
+    from flowergan.data.ingest.images import ImageOptions
+    from flowergan.data.ingest.sharder import ShardOptions, check_image_options
 
     opts = ShardOptions(image=ImageOptions(size=size, crop=crop, format=fmt, quality=quality, min_size=min_size),
                         shard_size=shard_size, seed=seed, workers=workers,
@@ -77,7 +77,7 @@ def shard(
     progress: Progress = True, dry_run: DryRun = False,
 ) -> None:
     """Turn a folder or archive of images into validated WebDataset shards + manifest.json."""
-    from flowergan.data.build import shard_source
+    from flowergan.data.ingest.sharder import shard_source
 
     opts = _shard_options(size=size, fmt=fmt, quality=quality, crop=crop, min_size=min_size, split=split,
                           shard_size=shard_size, seed=seed, workers=workers, layout=layout, name=name)
@@ -96,7 +96,7 @@ def synth(
     progress: Progress = True, dry_run: DryRun = False,
 ) -> None:
     """Write SynthFlowers: procedural flowers with 48 known modes (6 petal counts x 8 hues; the label)."""
-    from flowergan.data.synth import write_synthflowers
+    from flowergan.data.ingest.synth import write_synthflowers
 
     if dry_run:
         _plan(f"would write {n} SynthFlowers to {out}", size=size, seed=seed, shard_size=shard_size or "auto",
@@ -118,8 +118,8 @@ def fetch(
     progress: Progress = True, dry_run: DryRun = False,
 ) -> None:
     """Download a public flower data set (checksums verified, resumable), unpack it safely and shard it."""
-    from flowergan.data.fetch import DATASETS
-    from flowergan.data.fetch import fetch as fetch_dataset
+    from flowergan.data.ingest.fetch import DATASETS
+    from flowergan.data.ingest.fetch import fetch as fetch_dataset
     from flowergan.errors import UserError
 
     opts = _shard_options(size=size, fmt=fmt, quality=quality, split=split, shard_size=shard_size, seed=seed,
@@ -140,7 +140,7 @@ def fetch(
 def verify(path: Annotated[str, typer.Argument(help="A shard folder with manifest.json, its manifest, or a URL / "
                                                     "pipe: template as data.path takes it.")]) -> None:
     """Re-hash every shard and decode every sample; exit non-zero naming the first problem."""
-    from flowergan.data.shards import verify as verify_shards
+    from flowergan.data.format import verify as verify_shards
 
     report = verify_shards(path)
     typer.echo(f"ok: {report['samples']} samples in {report['shards']} shards, {report['classes']} classes, "

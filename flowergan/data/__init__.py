@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flowergan.data.batches import Batch, BatchStream
+from flowergan.data.loader.protocol import Batch, BatchStream
 
 if TYPE_CHECKING:
-    from flowergan.data.shards import read_manifest
-    from flowergan.data.stream import Stream, build_stream
+    from flowergan.data.format import read_manifest
+    from flowergan.data.loader.stream import Stream, build_stream
 
 __all__ = ["Batch", "BatchStream", "Stream", "build_stream", "read_manifest"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "read_manifest":
-        from flowergan.data.shards import read_manifest
+        from flowergan.data.format import read_manifest
 
         return read_manifest
     if name in ("Stream", "build_stream"):
-        from flowergan.data import stream
+        from flowergan.data.loader import stream
 
         return getattr(stream, name)
     raise AttributeError(f"module 'flowergan.data' has no attribute {name!r}")

@@ -17,7 +17,7 @@ EXTRACTOR = "Inception-v3 pool3 (2048-d), torch-fidelity's port of the TF 2015-1
 
 def _dataset(cfg: Config) -> dict[str, Any]:
     """The training data's name and fingerprint from its manifest, if it can still be read at export time."""
-    from flowergan.data.shards import read_manifest
+    from flowergan.data.format import read_manifest
     from flowergan.errors import UserError
 
     info: dict[str, Any] = {"path": cfg.data.path}

@@ -227,3 +227,11 @@ def load_discriminator(path: str | Path, *, device: str | torch.device = "cpu") 
     _, D = build_models(cfg.model)
     load_into(D, _load_weights(ckpt), "D", ckpt, cfg)
     return D.to(device).eval(), cfg
+
+
+def has_ema(ckpt: Path) -> bool:
+    """Whether the checkpoint holds G_ema (the run kept an EMA of G); reads the weight names only."""
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "models.safetensors"), framework="pt") as f:
+        return any(k.startswith("G_ema.") for k in f.keys())

@@ -19,7 +19,7 @@ from torch import nn
 
 from flowergan import visuals
 from flowergan.config import Config
-from flowergan.data.batches import BatchStream
+from flowergan.data.loader.protocol import BatchStream
 from flowergan.devices import pick_device
 from flowergan.errors import UserError
 from flowergan.models import build_models

@@ -1,9 +1,9 @@
 """One rank's batch stream: `build_stream` turns `[data]` + a manifest into a Plan and a loader behind `Stream`.
 
-`Stream` is what the training loop sees (`batches.BatchStream`): equal batches per rank, deterministic, resumable.
-Which samples make each batch is `plan.py`; how they get there is `streaming.py` (read shards as you go,
+`Stream` is what the training loop sees (`protocol.BatchStream`): equal batches per rank, deterministic, resumable.
+Which samples make each batch is `plan.py`; how they get there is `streamed.py` (read shards as you go,
 `data.cache = "none"`) or `cached.py` (decode once, keep in RAM or on the GPU). Shard URLs: local paths, `file://`,
-`pipe:` commands with a `{file}` placeholder, http(s) and fsspec URLs, all opened by `shardio.py`. Rank and world
+`pipe:` commands with a `{file}` placeholder, http(s) and fsspec URLs, all opened by `shard_reader.py`. Rank and world
 size come from the caller: no Ray or torch.distributed import here.
 
 Resume: `Stream.iter_from(k)` yields exactly what `iter(stream)` yields from its k-th batch on (0-based), without
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from flowergan.data.batches import Batch
-from flowergan.data.cached import CachedBatches, check_memory
-from flowergan.data.plan import Plan
-from flowergan.data.shards import MAKE_HINT, read_manifest, shard_url
-from flowergan.data.streaming import ShardBatches
+from flowergan.data.format import MAKE_HINT, read_manifest, shard_url
+from flowergan.data.loader.cached import CachedBatches, check_memory
+from flowergan.data.loader.plan import Plan
+from flowergan.data.loader.protocol import Batch
+from flowergan.data.loader.streamed import ShardBatches
 from flowergan.errors import UserError
 
 

@@ -17,7 +17,7 @@ def decode_batch(samples: list[dict[str, Any]], ext: str,
     flowergan's own PNGs decode as one batch (png.py); anything else goes through Pillow one by one. A failed
     sample leaves zeros in its row: training stops on it, evaluation drops it.
     """
-    from flowergan.data.images import decode
+    from flowergan.data.ingest.images import decode
 
     r = resolution
     blobs = [s.get(ext, b"") for s in samples]

@@ -18,9 +18,9 @@ from typing import Any
 
 from rich.console import Console
 
-from flowergan.data import archives
-from flowergan.data.build import ShardOptions, shard_source
 from flowergan.data.digest import sha256_file
+from flowergan.data.ingest import archives
+from flowergan.data.ingest.sharder import ShardOptions, shard_source
 from flowergan.errors import UserError
 from flowergan.progress import progress_bar
 

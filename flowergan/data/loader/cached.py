@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import torch
 
-from flowergan.data import shardio, workers
-from flowergan.data.augment import batch_seed, to_float
-from flowergan.data.batches import Batch
-from flowergan.data.plan import Plan
-from flowergan.data.streaming import decode_or_fail
+from flowergan.data.loader import shard_reader, workers
+from flowergan.data.loader.plan import Plan
+from flowergan.data.loader.protocol import Batch
+from flowergan.data.loader.streamed import decode_or_fail
+from flowergan.data.loader.transform import batch_seed, to_float
 from flowergan.errors import UserError
 
 
@@ -31,7 +31,7 @@ class _ShardDecoder(torch.utils.data.IterableDataset):
         i, w = (info.id, info.num_workers) if info is not None else (0, 1)
         for shard in range(i, len(self.plan.urls), w):
             url, count = self.plan.urls[shard], self.plan.counts[shard]
-            samples = list(shardio.iter_samples(url))
+            samples = list(shard_reader.iter_samples(url))
             if len(samples) != count:
                 raise UserError(f"{url}: holds {len(samples)} samples, the manifest says {count}")
             x, labels = decode_or_fail(samples, self.ext, self.resolution)

@@ -226,8 +226,8 @@ def write_synthflowers(out: str | Path, *, n: int, size: int = 64, seed: int = 0
     # Imported here so the drawing functions (which the eval oracle uses) need nothing but numpy.
     from rich.console import Console
 
-    from flowergan.data.build import Staging, finish, parallel_map
-    from flowergan.data.images import ImageOptions
+    from flowergan.data.ingest.images import ImageOptions
+    from flowergan.data.ingest.sharder import Staging, finish, parallel_map
     from flowergan.errors import UserError
     from flowergan.progress import progress_bar
 

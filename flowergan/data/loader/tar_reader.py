@@ -1,9 +1,9 @@
 """A minimal streaming tar reader for the shards: ustar, pax and GNU long names, regular files only.
 
 Python's tarfile (which `wds.tarfile_samples` uses) spends most of its time parsing member headers, three per
-sample; this reader does the same job with one slice per header. `benchmarks/loader.py` times both on the same
-shards: 34 vs 250 us per sample (7.3x), and the whole stream 1.6x the throughput of a webdataset pipeline with the
-same decode. Shards are written with webdataset's TarWriter; `shardio` opens them (webdataset.gopen) and calls this.
+sample; this reader does the same job with one slice per header (`benchmarks/loader.py` times both on the same
+shards; docs/benchmarks.md has the figures). Shards are written with webdataset's TarWriter; `shard_reader` opens
+them (webdataset.gopen) and calls this.
 """
 
 from __future__ import annotations

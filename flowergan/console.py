@@ -1,4 +1,4 @@
-"""How both console scripts run a typer app: user errors are one line and exit 2, never a traceback."""
+"""How both console scripts (flowergan, flowergan-eval) run a typer app: a user error is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ import typer
 from flowergan.errors import UserError
 
 
-def version_option(prog: str) -> Any:
+def version_option(prog: str, version: str) -> Any:
     """A `--version` option for an app's callback: prints `PROG VERSION` and exits before anything else runs."""
 
     def show(value: bool) -> None:
         if value:
-            from importlib import import_module
-
-            package = "flowergan_eval" if prog == "flowergan-eval" else "flowergan"
-            typer.echo(f"{prog} {import_module(package).__version__}")
+            typer.echo(f"{prog} {version}")
             raise typer.Exit()
 
     return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")

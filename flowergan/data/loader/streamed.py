@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowergan.data import shardio, workers
-from flowergan.data.augment import batch_seed, to_float
-from flowergan.data.batches import Batch
-from flowergan.data.decode import decode_batch
-from flowergan.data.plan import Plan
+from flowergan.data.loader import shard_reader, workers
+from flowergan.data.loader.decode import decode_batch
+from flowergan.data.loader.plan import Plan
+from flowergan.data.loader.protocol import Batch
+from flowergan.data.loader.transform import batch_seed, to_float
 from flowergan.errors import UserError
 
 
@@ -39,7 +39,7 @@ def _read_pieces(plan: Plan, epoch: int, v: int) -> Generator[dict, None, None]:
     """The raw samples of worker stream v in `epoch`, piece after piece, in reading order."""
     for shard, first, stop in plan.pieces(epoch, v):
         url, count = plan.urls[shard], plan.counts[shard]
-        samples = shardio.iter_samples(url)
+        samples = shard_reader.iter_samples(url)
         seen = 0
         try:
             for sample in samples:

@@ -18,10 +18,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from flowergan.data import archives
-from flowergan.data.images import FORMATS, ImageOptions, Rejected, process
-from flowergan.data.shards import MANIFEST, auto_shard_size, make_manifest, read_manifest, write_manifest, write_shards
-from flowergan.data.sources import Item, Source, discover
+from flowergan.data.format import MANIFEST, make_manifest, read_manifest, write_manifest
+from flowergan.data.ingest import archives
+from flowergan.data.ingest.images import FORMATS, ImageOptions, Rejected, process
+from flowergan.data.ingest.sources import Item, Source, discover
+from flowergan.data.ingest.writer import auto_shard_size, write_shards
 from flowergan.errors import UserError
 from flowergan.progress import progress_bar
 

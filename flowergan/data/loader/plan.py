@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowergan.data.augment import epoch_seed
+from flowergan.data.loader.transform import epoch_seed
 
 
 @dataclass(frozen=True)

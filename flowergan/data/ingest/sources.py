@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowergan.data.images import IMAGE_EXTENSIONS
+from flowergan.data.ingest.images import IMAGE_EXTENSIONS
 from flowergan.errors import UserError
 
 LAYOUTS = ("auto", "folders", "flat", "oxford102", "oxford17")

@@ -1,4 +1,4 @@
-"""Shard writer, manifest and verifier: the on-disk contract between `flowergan data` and everything that reads data.
+"""The shard format: names, manifest and verifier, the on-disk contract between ingest and everything that reads data.
 
 A data set is a folder with `<name>-000000.tar ...` WebDataset shards (members `<key>.png|jpg|webp`, `<key>.cls`,
 `<key>.json`) and a `manifest.json` that records counts, classes, resolution, and the sha256 of every shard.
@@ -9,63 +9,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from flowergan import __version__
-from flowergan.data.digest import sha256_file
 from flowergan.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-# Fixed tar member metadata, so the same samples always give byte-identical shards.
-_TAR_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header to every member (slow to read)
-_TAR_OWNER = "flowergan"
 MAKE_HINT = ("make shards with `flowergan data synth --out DIR --n 4096 --size 64` or "
              "`flowergan data shard SRC --out DIR --size 64`")
-
-
-def auto_shard_size(n: int) -> int:
-    """Samples per shard: at most 1000, and at least 32 shards when there are enough images (>= 8 per shard)."""
-    n_shards = max(math.ceil(n / 1000), min(32, math.ceil(n / 8)), 1)
-    return math.ceil(n / n_shards)
-
-
-def write_shards(samples: list[dict[str, Any]], folder: Path, name: str, ext: str, shard_size: int,
-                 seed: int) -> list[dict[str, Any]]:
-    """Shuffle `samples` (dicts with data, label, meta) with `seed`, write balanced shards; return shard records.
-
-    Shard sizes differ by at most one sample. The same samples and seed give byte-identical tar files.
-    """
-    import webdataset as wds
-
-    if not samples:
-        raise ValueError("no samples to write")
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_shards = math.ceil(len(samples) / max(1, shard_size))
-    base, extra = divmod(len(samples), n_shards)
-    records, pos = [], 0
-    folder.mkdir(parents=True, exist_ok=True)
-    for s in range(n_shards):
-        count = base + (s < extra)
-        shard_name = f"{name}-{s:06d}.tar"
-        path = folder / shard_name
-        with open(path, "wb") as f, wds.TarWriter(f, user=_TAR_OWNER, group=_TAR_OWNER, mode=0o444,
-                                                  mtime=_TAR_MTIME, encoder=False) as tw:
-            for idx in order[pos:pos + count]:
-                sample = samples[int(idx)]
-                key = f"{pos:07d}"
-                meta = json.dumps(sample["meta"], sort_keys=True, ensure_ascii=False).encode()
-                tw.write({"__key__": key, ext: sample["data"], "cls": str(sample["label"]).encode(), "json": meta})
-                pos += 1
-        records.append({"name": shard_name, "samples": count, "bytes": path.stat().st_size,
-                        "sha256": sha256_file(path)})
-    return records
 
 
 def fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
@@ -160,7 +115,7 @@ def shard_url(path: str, shard_name: str) -> str:
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check `<path>/manifest.json` (path: shard folder, manifest file, fsspec URL or pipe: template)."""
-    from flowergan.data.shardio import ShardError, read_bytes
+    from flowergan.data.loader.shard_reader import ShardError, read_bytes
 
     location = manifest_location(str(path))
     try:
@@ -189,13 +144,13 @@ def verify(path: str | Path) -> dict[str, Any]:
     """Re-hash every shard and decode every sample against the manifest; raise UserError naming the first problem.
 
     `path` is any data path (folder, manifest, URL, pipe: template); each shard is read once, through the same
-    shardio path as training, hashed as it is parsed, and its samples checked only once the hash matches (a
+    shard reader as training, hashed as it is parsed, and its samples checked only once the hash matches (a
     changed file is the more useful news). Images are decoded with Pillow, not flowergan's own PNG decoder, so a
     pass also means any PNG reader takes them.
     """
     from PIL import Image
 
-    from flowergan.data.shardio import iter_samples
+    from flowergan.data.loader.shard_reader import iter_samples
 
     manifest = read_manifest(path)
     res, ext, k = manifest["resolution"], manifest["image_format"], manifest["num_classes"]

@@ -8,7 +8,7 @@ Why not webdataset's readers as they are: its `Pipe` checks the command's exit s
 already ended at a read, and its tar iterators never close the stream, so a `pipe:` or curl command that fails
 part-way reads as a shorter shard. Here the end of the data is explicit (`finish`: read the tail, wait for the
 command, exit status 0 or a one-line error), and stopping early on purpose kills the command (its status then
-means nothing). Tar parsing is `tario`: `benchmarks/loader.py` measures it against `wds.tarfile_samples`.
+means nothing). Tar parsing is `tar_reader`: `benchmarks/loader.py` measures it against `wds.tarfile_samples`.
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def iter_samples(url: str, *, digest=None) -> Generator[dict[str, Any], None, No
     Closing the generator early stops the download. Reading to the end checks the command's exit status and, with
     `digest` (a hashlib object), has fed every byte of the shard to it.
     """
-    from flowergan.data.tario import TarFormatError
-    from flowergan.data.tario import iter_samples as tar_samples
+    from flowergan.data.loader.tar_reader import TarFormatError
+    from flowergan.data.loader.tar_reader import iter_samples as tar_samples
 
     try:
         src = Source(url, digest)
