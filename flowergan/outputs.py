@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from flowergan.errors import UserError
 
@@ -50,3 +52,29 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | str | Callable[[IO[bytes]], object]) -> Path:
+    """Write `path` whole or not at all: into a temporary file beside it, flushed to disk, then renamed over it.
+
+    `data` is the bytes (or text, UTF-8), or a function that writes to the open binary file (np.savez, say).
+    The file gets an ordinary file's permissions (mkstemp's are private). A crash or a parallel writer never
+    leaves a torn file: readers see the old one or the new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

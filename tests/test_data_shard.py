@@ -108,6 +108,34 @@ def test_same_input_gives_byte_identical_shards(tmp_path):
     assert [s["sha256"] for s in c["shards"]] != [s["sha256"] for s in a["shards"]]
 
 
+def test_manifest_records_zlib_and_a_pixel_fingerprint_that_survives_another_deflate(tmp_path):
+    """Shard bytes depend on the zlib build (zlib-ng deflates differently); the pixel fingerprint does not."""
+    import zlib
+
+    from flowergan.data.format import pixel_fingerprint
+    from flowergan.data.ingest.writer import write_shards
+    from flowergan.data.png import encode_png
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(6)]
+
+    def shards(level: int, folder: str) -> list[dict]:
+        samples = [{"data": encode_png(x, level=level), "label": 0, "meta": {}} for x in images]
+        return write_shards(samples, tmp_path / folder, "s", "png", 3, seed=0)
+
+    fast, best = shards(1, "a"), shards(9, "b")  # two deflate outputs of the same pixels
+    assert [s["sha256"] for s in fast] != [s["sha256"] for s in best]
+    assert [s["pixels_sha256"] for s in fast] == [s["pixels_sha256"] for s in best]
+    assert pixel_fingerprint(fast, 8) == pixel_fingerprint(best, 8) != ""
+    images[0][0, 0, 0] ^= 1  # one pixel changed: another fingerprint
+    assert pixel_fingerprint(shards(1, "c"), 8) != pixel_fingerprint(fast, 8)
+
+    src = tmp_path / "src"
+    make_class_folders(src, per_class=3)
+    manifest = _shard(src, tmp_path / "out", workers=1)
+    assert manifest["zlib"] == zlib.ZLIB_RUNTIME_VERSION and len(manifest["pixel_fingerprint"]) == 16
+
+
 def test_reshard_into_the_same_folder_replaces_the_old_set(tmp_path):
     src = tmp_path / "src"
     make_class_folders(src, per_class=10)

@@ -6,15 +6,14 @@ A result holds `metrics` (name -> number), `provenance` (N, checkpoint, referenc
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from flowergan.errors import UserError
+from flowergan.outputs import write_atomic
 from flowergan_eval import features as FT
 from flowergan_eval import latent as L
 from flowergan_eval import metrics as M
@@ -156,27 +155,13 @@ def _first_real(ev: Evaluation, m: int) -> torch.Tensor:
     return load_real(ev.require_real(), m)[0]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def run_latent(ckpt: str, opts: Options, out: Path, gif: bool = False) -> dict[str, Any]:
     """Write the latent pictures into `out`."""
     with progress(opts.progress) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         pics = latent_pictures(ev, with_gif=gif)
     for name, data in pics.items():
-        _write_atomic(out / name, data)
+        write_atomic(out / name, data)
     messages = [f"wrote {out / name}" for name in pics]
     if ev.real is None:
         messages.append("no --data: the PCA of D's features (real vs generated) needs real images")
@@ -278,7 +263,7 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
     notes = notes_for(metrics)
     html = R.render(title=f"flowergan report: {ev.ckpt}", metrics=metrics, notes=notes, provenance=prov,
                     sections=sections, state=ev.state)
-    _write_atomic(out, html.encode())
+    write_atomic(out, html.encode())
     return {"command": "report", "metrics": metrics, "provenance": prov, "notes": notes, "path": str(out),
             "messages": [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)"]}
 

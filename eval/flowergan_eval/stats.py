@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flowergan.outputs import write_atomic
 from flowergan_eval import features as FT
 from flowergan_eval import metrics as M
 from flowergan_eval.real import RealSet, count, iter_real
@@ -58,14 +57,8 @@ def stats_path(key: str) -> Path:
 
 
 def _save(path: Path, ref: Reference) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, pool=ref.pool, mu=ref.mu, sigma=ref.sigma, meta=np.array(json.dumps(ref.meta)))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, lambda f: np.savez(f, pool=ref.pool, mu=ref.mu, sigma=ref.sigma,
+                                          meta=np.array(json.dumps(ref.meta))))
 
 
 def _load(path: Path) -> Reference | None:

@@ -23,7 +23,6 @@ from flowergan.errors import UserError
 OFFICIAL_NAME = "weights-inception-2015-12-05-6726825d.pth"
 OFFICIAL_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{OFFICIAL_NAME}"
 OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-OFFICIAL_SIZE = 95_628_359
 
 ENV_WEIGHTS = "FLOWERGAN_INCEPTION_WEIGHTS"
 ENV_URL = "FLOWERGAN_INCEPTION_URL"  # a mirror, for clusters without GitHub access

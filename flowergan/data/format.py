@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from flowergan import __version__
 from flowergan.errors import UserError
+from flowergan.outputs import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -28,6 +29,16 @@ def fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
     h = hashlib.sha256(f"flowergan-shards-v{FORMAT_VERSION}:{resolution}".encode())
     for s in shards:
         h.update(f"{s['name']}:{s['sha256']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def pixel_fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
+    """A short id of the decoded images (the same on any zlib build); "" for shards written without it."""
+    if not all("pixels_sha256" in s for s in shards):
+        return ""
+    h = hashlib.sha256(f"flowergan-pixels-v{FORMAT_VERSION}:{resolution}".encode())
+    for s in shards:
+        h.update(f"{s['name']}:{s['pixels_sha256']}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -64,6 +75,8 @@ def make_manifest(*, name: str, kind: str, resolution: int, image_format: str, q
         "seed": seed,
         "shards": shards,
         "fingerprint": fingerprint(shards, resolution),
+        "pixel_fingerprint": pixel_fingerprint(shards, resolution),
+        "zlib": zlib.ZLIB_RUNTIME_VERSION,  # shard bytes are reproducible with the same zlib build
         "source": source,
         "rejected": sorted(rejected or [], key=lambda r: r["path"]),
         "duplicates": sorted(duplicates or [], key=lambda r: r["path"]),
@@ -74,11 +87,7 @@ def make_manifest(*, name: str, kind: str, resolution: int, image_format: str, q
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json atomically."""
-    path = folder / MANIFEST
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
 def is_url(path: str) -> bool:

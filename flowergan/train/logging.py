@@ -6,11 +6,12 @@ Other ranks get `NullLogger`, so the loop never asks which rank it is before log
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from flowergan.outputs import write_atomic
 
 
 def _trim_jsonl(path: Path, first_new: int) -> None:
@@ -25,9 +26,7 @@ def _trim_jsonl(path: Path, first_new: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 class NullLogger:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from flowergan.data.format import MANIFEST, make_manifest, read_manifest, write_manifest
 from flowergan.data.ingest import archives
-from flowergan.data.ingest.images import FORMATS, ImageOptions, Rejected, process
+from flowergan.data.ingest.images import CROPS, FORMATS, ImageOptions, Rejected, process
 from flowergan.data.ingest.sources import Item, Source, discover
 from flowergan.data.ingest.writer import auto_shard_size, write_shards
 from flowergan.errors import UserError
@@ -50,8 +50,8 @@ def check_image_options(opts: ImageOptions) -> None:
         raise UserError(f"--quality {opts.quality}: choose 1..100")
     if opts.min_size < 0:
         raise UserError(f"--min-size {opts.min_size}: must be >= 0")
-    if opts.crop not in ("center", "none"):
-        raise UserError(f"--crop {opts.crop!r}: choose center or none")
+    if opts.crop not in CROPS:
+        raise UserError(f"--crop {opts.crop!r}: choose one of {', '.join(CROPS)}")
 
 
 def _safe_name(text: str) -> str:
