@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -72,31 +73,16 @@ def mean_ms_ssim(images: torch.Tensor, n_pairs: int = 1000, seed: int = 0, batch
 
 # ---------------------------------------------------------------- NDB
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
-    """Lloyd's k-means with k-means++ seeding; returns the [k, D] centroids (deterministic for a seed)."""
-    t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    n = len(t)
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means with k={k} needs at least k points, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    centers = [t[torch.randint(n, (1,), generator=g)].squeeze(0)]
-    d2 = torch.cdist(t, centers[0][None]).squeeze(1) ** 2
-    for _ in range(1, k):
-        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
-        c = t[torch.multinomial(probs, 1, generator=g)].squeeze(0)
-        centers.append(c)
-        d2 = torch.minimum(d2, torch.cdist(t, c[None]).squeeze(1) ** 2)
-    c = torch.stack(centers)
-    for _ in range(iters):
-        assign = torch.cdist(t, c).argmin(dim=1)
-        new = c.clone()
-        for j in range(k):
-            members = t[assign == j]
-            if len(members):
-                new[j] = members.mean(dim=0)
-        if torch.allclose(new, c):
-            break
-        c = new
-    return c.numpy()
+    """k-means with k-means++ seeding (scipy's kmeans2); returns the [k, D] centroids (deterministic for a seed)."""
+    from scipy.cluster.vq import kmeans2
+
+    data = np.asarray(x, dtype=np.float64)
+    if not 1 <= k <= len(data):
+        raise ValueError(f"k-means with k={k} needs at least k points, got {len(data)}")
+    with warnings.catch_warnings():  # an emptied cluster keeps its centre (missing="warn"), as Lloyd's does
+        warnings.simplefilter("ignore")
+        centroids, _ = kmeans2(data, k, iter=iters, minit="++", missing="warn", seed=np.random.default_rng(seed))
+    return centroids
 
 
 def assign_bins(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:

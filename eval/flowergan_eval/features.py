@@ -8,7 +8,6 @@ weights are stored channels-last, which oneDNN and cuDNN run faster. Features ag
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 from collections.abc import Iterable, Iterator
@@ -70,14 +69,9 @@ class _ConvReLU(nn.Module):
 
     def __init__(self, block: Any):  # torch-fidelity's BasicConv2d: untyped attributes
         super().__init__()
-        conv, bn = block.conv, block.bn
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              bias=True)
-        with torch.no_grad():
-            self.conv.weight.copy_((conv.weight.double() * scale[:, None, None, None]).float())
-            assert self.conv.bias is not None  # bias=True above
-            self.conv.bias.copy_((bn.bias.double() - bn.running_mean.double() * scale).float())
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        self.conv = fuse_conv_bn_eval(block.conv.eval(), block.bn.eval())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv(x), inplace=True)
@@ -263,18 +257,3 @@ def d_features(D: Discriminator, images: torch.Tensor, *, batch: int = 256, devi
     finally:
         D.train(was_training)
     return torch.cat(out).numpy()
-
-
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Area-average (downscale) or bilinear (upscale) resize of uint8 images to size x size."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    x = images.float()
-    mode = "area" if images.shape[-1] > size else "bilinear"
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    return F.interpolate(x, size=(size, size), mode=mode, **kwargs).round().clamp(0, 255).to(torch.uint8)
-
-
-def copy_module(m: nn.Module) -> nn.Module:
-    """A detached copy (so evaluation never touches a training module's state)."""
-    return copy.deepcopy(m)
