@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
+from torchvision.utils import make_grid, save_image
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -25,10 +25,9 @@ def to_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 
 
 def save_png(grid: torch.Tensor, path: Path) -> None:
-    """Write a [3, H, W] grid in [0, 1] as an 8-bit PNG, rounding as image viewers expect."""
-    arr = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    """Write a [3, H, W] grid in [0, 1] as an 8-bit PNG (torchvision's save_image: round half up, as viewers do)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    save_image(grid, path)
 
 
 def save_gif(frames: list[Path], path: Path, ms_per_frame: int = 250) -> bool:

@@ -72,3 +72,18 @@ def test_readme_notebook_example_runs(run, tmp_path, monkeypatch, capsys):
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
     assert capsys.readouterr().out.strip() == "torch.Size([16, 3, 64, 64]) torch.uint8"
     assert Image.open(tmp_path / "flowers.png").size == (4 * 66 + 2, 4 * 66 + 2)
+
+
+def test_sample_grid_png_holds_the_uint8_pixels_of_to_uint8(tmp_path):
+    """save_png (torchvision's save_image) stores exactly the pixels visuals.to_uint8 gives for the same images."""
+    import numpy as np
+    from PIL import Image
+
+    from flowergan import visuals
+
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    visuals.save_png(visuals.to_grid(x, nrow=4), tmp_path / "g.png")
+    png = np.asarray(Image.open(tmp_path / "g.png"))
+    ours = visuals.to_uint8(x).permute(0, 2, 3, 1).numpy()
+    for i in range(4):  # make_grid pads 2 px around and between the images
+        assert (png[2:10, 2 + 10 * i:10 + 10 * i] == ours[i]).all()
