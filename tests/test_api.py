@@ -1,5 +1,5 @@
 """The top-level API: `import flowergan` stays cheap, load_generator takes a run dir, a checkpoint or an export
-folder (the same G), the uint8 mapping is the eval package's, and the README's notebook example runs."""
+folder (the same G), the uint8 mapping is the eval package's, and the notebook example of docs/training.md runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 import flowergan
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "training.md"  
 
 
 @pytest.fixture(scope="module")

@@ -510,12 +510,12 @@ def test_default_layout_is_one_pod_with_every_gpu() -> None:
 
 
 def test_minimum_kuberay_version_is_stated_alike() -> None:
-    """train.yaml's header and the README name the same minimum KubeRay version, the one deletionRules need."""
+    """train.yaml's header and docs/cluster.md name the same minimum KubeRay version, the one deletionRules need."""
     m = re.search(r"^# Requires KubeRay (v\d+\.\d+\.\d+) or newer", (K8S / "train.yaml").read_text(), re.M)
     assert m, "train.yaml does not state the minimum KubeRay version"
     assert m.group(1) == "v1.6.0", "deletionRules (on by default) and the jobDeploymentStatus condition: v1.6.0"
-    readme = (ROOT / "README.md").read_text()
-    assert f"KubeRay operator **{m.group(1)} or newer**" in readme, "the README states another minimum version"
+    readme = (ROOT / "docs" / "cluster.md").read_text()
+    assert f"KubeRay operator **{m.group(1)} or newer**" in readme, "docs/cluster.md states another minimum version"
     assert "kubectl delete rayjob flowergan-flowers64 --ignore-not-found && kubectl apply -f k8s/train.yaml" in readme
 
 
