@@ -15,7 +15,7 @@ from PIL import Image
 
 import flowergan
 
-README = Path(__file__).resolve().parents[1] / "docs" / "training.md"  
+README = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 
 
 @pytest.fixture(scope="module")
