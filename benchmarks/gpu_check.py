@@ -43,7 +43,8 @@ import gpu_steps as S  # noqa: E402
 from flowergan.config import ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TAR_NAMES = (ROOT / "data" / "flowers5-128.tar", ROOT.parent / "shared" / "data" / "flowers5-128.tar")
+TAR_NAMES = (ROOT / "data" / "flowers5-128.tar",  # where --prepare puts it: ../shared does not travel to the GPU
+             Path(os.environ.get("FLOWERGAN_SHARED", ROOT.parent / "shared")) / "data" / "flowers5-128.tar")
 TUTORIAL_IF, TUTORIAL_T = "tutorial_imagefolder", "tutorial_gpu_tensors"
 
 
