@@ -34,7 +34,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "${specs[@]}"
   [[ -f "$TAR_SRC" ]] || { echo "error: $TAR_SRC not found (set FLOWERS_TAR=PATH/flowers5-128.tar)" >&2; exit 2; }
-  cp "$TAR_SRC" data/flowers5-128.tar
+  install -m 0644 "$TAR_SRC" data/flowers5-128.tar  # writable: a second --prepare overwrites it
   echo "$TAR_SHA  data/flowers5-128.tar" | sha256sum -c --quiet
   echo "prepared: $(ls .whl | tr '\n' ' ')and data/flowers5-128.tar ($(du -ch .whl data/flowers5-128.tar | tail -1 | cut -f1) to carry)"
   exit 0
