@@ -65,9 +65,10 @@ def tutorial_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def make_reference(real: torch.Tensor, nz: int, device: torch.device) -> Callable[[], None]:
-    """One tutorial iteration per call, on the fixed batch `real`."""
-    netG, netD = tutorial_G(nz).to(device), tutorial_D().to(device)
+def make_reference(real: torch.Tensor, nz: int, device: torch.device, ngf: int = 64,
+                   ndf: int = 64) -> Callable[[], None]:
+    """One tutorial iteration per call, on the fixed batch `real` (gpu_check.py --quick narrows ngf, ndf)."""
+    netG, netD = tutorial_G(nz, ngf).to(device), tutorial_D(ndf).to(device)
     netG.apply(tutorial_init)
     netD.apply(tutorial_init)
     criterion = nn.BCELoss()

@@ -42,8 +42,10 @@ class DataConfig:
     workers: int = _f(2, "loader processes per rank (0 = load in the training process)", lo=0, hi=64)
     hflip: float = _f(0.5, "probability of a horizontal flip", lo=0.0, hi=1.0)
     color_jitter: float = _f(0.0, "strength of brightness/contrast/saturation jitter (0 = off)", lo=0.0, hi=1.0)
-    cache: str = _f("none", "keep the decoded set in memory after the first pass",
-                    choices=("none", "memory", "device"))
+    cache: str = _f("auto", "keep the decoded set after the first pass: memory (RAM), device (the GPU), none "
+                    "(stream the shards); auto = device on CUDA when the decoded set fits in half of the GPU's free "
+                    "memory, else memory when it fits in half of the free RAM, else none; none on the CPU",
+                    choices=("auto", "none", "memory", "device"))
     shuffle_buffer: int = _f(1000, "samples in the streaming shuffle buffer", lo=0)
 
 
@@ -81,8 +83,12 @@ class TrainConfig:
     g_target: float = _f(1.0, "G's target for D(G(z)) (1.0 = non-saturating loss)", lo=0.0, hi=1.0)
     amp: str = _f("auto", "mixed precision: auto = bf16 on GPUs that have it, else fp16; off on the CPU",
                   choices=("auto", "off", "bf16", "fp16"))
-    channels_last: bool = _f(False, "NHWC memory format (faster convolutions on tensor cores)")
-    compile: bool = _f(False, "torch.compile G and D")
+    channels_last: str = _f("auto", "NHWC memory format of G, D and the batches (faster convolutions on tensor "
+                            "cores); auto = on for CUDA, off on the CPU", choices=("auto", "true", "false"))
+    compile: bool = _f(False, "torch.compile G and D (opt-in: minutes of compiling at start)")
+    compile_mode: str = _f("default", "torch.compile mode when train.compile: reduce-overhead adds CUDA graphs "
+                           "(CUDA only; the CPU runs it as default)",
+                           choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     ema: bool = _f(True, "keep an exponential moving average of G for samples and evaluation")
     ema_decay: float = _f(0.999, "EMA decay per step, warmed up as min(ema_decay, (1 + step) / (10 + step))",
                           lo=0.0, hi=1.0)
@@ -197,6 +203,15 @@ def _coerce(name: str, typ: str, value: Any, from_text: bool) -> Any:
     return float(value) if typ == "float" else value
 
 
+def _bool_choice(value: Any, meta: Mapping[str, Any]) -> Any:
+    """A TOML or checkpoint boolean for a field whose choices spell it ("true"/"false"): train.channels_last was a
+    bool before it gained "auto", and older job files and checkpoints still say true/false."""
+    choices = meta.get("choices") or ()
+    if isinstance(value, bool) and "true" in choices and "false" in choices:
+        return "true" if value else "false"
+    return value
+
+
 def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
     if choices is not None and value not in choices:
@@ -223,6 +238,7 @@ def _apply(cfg: Config, section: str, key: str, value: Any, from_text: bool) -> 
         raise ConfigError(f"unknown key {section}.{key}; keys of [{section}]: {', '.join(fields)}")
     f = fields[key]
     name = f"{section}.{key}"
+    value = _bool_choice(value, f.metadata)
     value = _coerce(name, f.type if isinstance(f.type, str) else f.type.__name__, value, from_text)
     _check_range(name, value, f.metadata)
     setattr(sec, key, value)

@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import nn
 
 from flowergan import visuals
 from flowergan.config import Config
@@ -25,6 +24,7 @@ from flowergan.errors import UserError
 from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
+from flowergan.train.compiling import compile_nets, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger, RunLogger
@@ -93,7 +93,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     torch.manual_seed(tc.seed)
     G, D = build_models(cfg.model)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if tc.ema else None
-    memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
+    memory_format = pick_memory_format(tc, device)
     for m in (G, D, G_ema):
         if m is not None:
             m.to(device).to(memory_format=memory_format)
@@ -126,9 +126,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
 
     G_train = dist.wrap(G, device, cfg.cluster.sync_batchnorm)
     D_train = dist.wrap(D, device, cfg.cluster.sync_batchnorm)
-    if tc.compile:
-        # torch.compile returns an OptimizedModule (an nn.Module), typed as a plain callable.
-        G_train, D_train = cast(nn.Module, torch.compile(G_train)), cast(nn.Module, torch.compile(D_train))
+    G_train, D_train = compile_nets(G_train, D_train, tc, device)
     augment = None
     if tc.diffaugment:
         from flowergan.train.augment import make_augment

@@ -150,7 +150,7 @@ def _check_data(cfg: Config) -> None:
     workers themselves (their memory, not the driver's, is what counts)."""
     from flowergan.data import build_stream, read_manifest
 
-    if cfg.data.cache == "none":
+    if cfg.data.cache == "none" or (cfg.data.cache == "auto" and cfg.cluster.gpus_per_worker == 0):  # CPU: none
         build_stream(cfg.data, batch_size=cfg.train.batch_size // cfg.cluster.workers,
                      resolution=cfg.model.resolution, rank=0, world_size=cfg.cluster.workers, seed=cfg.train.seed)
     else:

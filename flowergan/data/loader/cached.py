@@ -2,6 +2,8 @@
 
 64 px images take 12 KB each (50 MB for 4,096), so small sets never wait on the disk or the decoder. The shards are
 decoded whole by the loader workers on first use; batches are then index lookups per `Plan.cached_batches`.
+`data.cache = "auto"` picks the cache here (`resolve_cache`) from the set's size and the memory free now.
+Nothing in a batch waits for the device: indices travel through pinned memory without blocking.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from flowergan.data.loader import shard_reader, workers
 from flowergan.data.loader.plan import Plan
 from flowergan.data.loader.protocol import Batch
 from flowergan.data.loader.streamed import decode_or_fail
-from flowergan.data.loader.transform import batch_seed, to_float
+from flowergan.data.loader.transform import batch_seed, to_device, to_float
 from flowergan.errors import UserError
 
 
@@ -64,12 +66,14 @@ class CachedBatches:
     def __call__(self, start: int) -> Iterator[Batch]:
         x_all, y_all = self._load()
         for j, idx in self.plan.cached_batches(start):
-            idx = idx.to(x_all.device)
-            x = x_all.index_select(0, idx)
-            if x.device != self.device:
-                x = x.to(self.device, non_blocking=True)
+            idx = to_device(idx, x_all.device)
+            if x_all.device == self.device:
+                x = x_all.index_select(0, idx)
+            else:  # "memory" on a GPU: gather straight into pinned RAM, then copy without blocking
+                x = torch.empty((len(idx), *x_all.shape[1:]), dtype=x_all.dtype, pin_memory=True)
+                x = to_device(torch.index_select(x_all, 0, idx, out=x), self.device)
             x = to_float(x, seed=batch_seed(self.plan.seed, self.plan.rank, j), hflip=self.hflip, jitter=self.jitter)
-            yield x, y_all.index_select(0, idx).to(self.device, non_blocking=True)
+            yield x, to_device(y_all.index_select(0, idx), self.device)
 
 
 def _available_memory() -> int | None:
@@ -87,18 +91,48 @@ def _available_memory() -> int | None:
         return None
 
 
-def check_memory(n: int, resolution: int, cache: str, device: torch.device) -> None:
-    """Refuse a cache that would take more than half of the free memory (RAM, or the GPU's for "device")."""
-    need = n * resolution * resolution * 3
+# A cache may take at most this share of the memory free when the stream is built (the GPU's for "device", RAM's
+# for "memory"): the rest is for the models, activations, loader workers and other ranks on the same machine.
+CACHE_FRACTION = 0.5
+
+
+def _free_memory(cache: str, device: torch.device) -> int | None:
+    """Bytes free for a cache of this kind: the GPU's for "device" on CUDA, else RAM's; None if unknown."""
     if cache == "device" and device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        if need > 0.5 * free:
-            raise UserError(f"data.cache = 'device': the decoded set needs {need / 2**30:.1f} GiB, more than half "
-                            f"of the {free / 2**30:.1f} GiB free on {device}; use data.cache = 'memory' or 'none'")
+        return torch.cuda.mem_get_info(device)[0]
+    return _available_memory()
+
+
+def _fits(need: int, cache: str, device: torch.device) -> bool:
+    free = _free_memory(cache, device)
+    return free is None or need <= CACHE_FRACTION * free
+
+
+def resolve_cache(cache: str, n: int, resolution: int, device: torch.device) -> str:
+    """The cache `data.cache` means here: "auto" becomes device (CUDA, fits), memory (fits in RAM) or none.
+
+    On the CPU "auto" streams (none), as before "auto" existed. Sizes count uint8 pixels, the cache's own format.
+    """
+    if cache != "auto":
+        return cache
+    if device.type != "cuda":
+        return "none"
+    need = n * resolution * resolution * 3
+    for kind in ("device", "memory"):
+        if _fits(need, kind, device):
+            return kind
+    return "none"
+
+
+def check_memory(n: int, resolution: int, cache: str, device: torch.device) -> None:
+    """Refuse a cache that would take more than CACHE_FRACTION of the free memory (RAM, or the GPU's for "device")."""
+    need = n * resolution * resolution * 3
+    if _fits(need, cache, device):
         return
-    avail = _available_memory()
-    if avail is None:
-        return
-    if need > 0.5 * avail:
-        raise UserError(f"data.cache = '{cache}': the decoded set needs {need / 2**30:.1f} GiB, more than half of "
-                        f"the {avail / 2**30:.1f} GiB of free memory; use data.cache = 'none'")
+    free = _free_memory(cache, device) or 0
+    if cache == "device" and device.type == "cuda":
+        raise UserError(f"data.cache = 'device': the decoded set needs {need / 2**30:.1f} GiB, more than "
+                        f"{CACHE_FRACTION:.0%} of the {free / 2**30:.1f} GiB free on {device}; "
+                        "use data.cache = 'memory' or 'none'")
+    raise UserError(f"data.cache = '{cache}': the decoded set needs {need / 2**30:.1f} GiB, more than "
+                    f"{CACHE_FRACTION:.0%} of the {free / 2**30:.1f} GiB of free memory; use data.cache = 'none'")

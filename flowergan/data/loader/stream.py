@@ -2,9 +2,9 @@
 
 `Stream` is what the training loop sees (`protocol.BatchStream`): equal batches per rank, deterministic, resumable.
 Which samples make each batch is `plan.py`; how they get there is `streamed.py` (read shards as you go,
-`data.cache = "none"`) or `cached.py` (decode once, keep in RAM or on the GPU). Shard URLs: local paths, `file://`,
-`pipe:` commands with a `{file}` placeholder, http(s) and fsspec URLs, all opened by `shard_reader.py`. Rank and world
-size come from the caller: no Ray or torch.distributed import here.
+`data.cache = "none"`) or `cached.py` (decode once, keep in RAM or on the GPU; it also resolves "auto").
+Shard URLs: local paths, `file://`, `pipe:` commands with a `{file}` placeholder, http(s) and fsspec URLs, all
+opened by `shard_reader.py`. Rank and world size come from the caller: no Ray or torch.distributed import here.
 
 Resume: `Stream.iter_from(k)` yields exactly what `iter(stream)` yields from its k-th batch on (0-based), without
 decoding the skipped batches (whole epochs are skipped by arithmetic, the rest of one epoch by reading raw bytes),
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from flowergan.data.format import MAKE_HINT, read_manifest, shard_url
-from flowergan.data.loader.cached import CachedBatches, check_memory
+from flowergan.data.loader.cached import CachedBatches, check_memory, resolve_cache
 from flowergan.data.loader.plan import Plan
 from flowergan.data.loader.protocol import Batch
 from flowergan.data.loader.streamed import ShardBatches
@@ -30,12 +30,14 @@ class Stream:
     """Endless batches `(x float32 [B,3,R,R] in [-1,1] on device, labels int64 [B])` for one rank.
 
     `num_samples` (images in the data set), `batches_per_epoch` (= num_samples // (B * world), at least 1),
-    `num_classes`, `classes`, `manifest`, `plan`. `iter(stream)` starts at batch 0; `stream.iter_from(k)` at batch k.
+    `num_classes`, `classes`, `manifest`, `plan`, `cache` (the one in use, "auto" resolved). `iter(stream)` starts
+    at batch 0; `stream.iter_from(k)` at batch k.
     """
 
     def __init__(self, plan: Plan, manifest: dict[str, Any], batches: Callable[[int], Iterator[Batch]],
-                 about: str):
+                 about: str, cache: str = "none"):
         self.plan, self.manifest, self._batches, self._about = plan, manifest, batches, about
+        self.cache = cache  # the cache in use: "none", "memory" or "device" ("auto" resolved)
         self.num_samples = plan.num_samples
         self.batches_per_epoch = plan.batches_per_epoch
         self.num_classes = int(manifest["num_classes"])
@@ -77,7 +79,8 @@ def build_stream(cfg, *, batch_size: int, resolution: int, rank: int = 0, world_
     plan = Plan(urls, counts, batch_size, rank, world_size, max(1, workers), seed, int(cfg.shuffle_buffer))
     device = torch.device(device) if device is not None else torch.device("cpu")
     hflip, jitter, ext = float(cfg.hflip), float(cfg.color_jitter), manifest["image_format"]
-    if cfg.cache == "none":
+    cache = resolve_cache(cfg.cache, plan.num_samples, resolution, device)
+    if cache == "none":
         readers = world_size * max(1, workers)
         if len(urls) < readers:
             raise UserError(f"data.path {path} has {len(urls)} shards but {world_size} ranks x {max(1, workers)} "
@@ -86,7 +89,8 @@ def build_stream(cfg, *, batch_size: int, resolution: int, rank: int = 0, world_
         batches: Callable[[int], Iterator[Batch]] = ShardBatches(
             plan, ext, resolution, loader_workers=workers, hflip=hflip, jitter=jitter, device=device)
     else:
-        check_memory(plan.num_samples, resolution, cfg.cache, device)
-        batches = CachedBatches(plan, ext, resolution, cache=cfg.cache, loader_workers=workers, hflip=hflip,
+        check_memory(plan.num_samples, resolution, cache, device)
+        batches = CachedBatches(plan, ext, resolution, cache=cache, loader_workers=workers, hflip=hflip,
                                 jitter=jitter, device=device)
-    return Stream(plan, manifest, batches, f"cache={cfg.cache}, workers={workers}")
+    chosen = f"cache={cache}" + (" (auto)" if cfg.cache == "auto" else "")
+    return Stream(plan, manifest, batches, f"{chosen}, workers={workers}", cache)

@@ -18,6 +18,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return batch_seed(seed, -1, epoch)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device` without a host sync: a CPU tensor goes to a GPU through pinned memory, non-blocking.
+
+    A blocking host-to-GPU copy waits for the GPU to drain (it is one of the syncs that
+    `torch.cuda.set_sync_debug_mode` reports). PyTorch's pinned-memory cache keeps the staging block until the copy
+    has run, so the source may be freed at once.
+    """
+    if t.device == device or device.type != "cuda":
+        return t.to(device)
+    if t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def to_float(x: torch.Tensor, *, seed: int, hflip: float, jitter: float) -> torch.Tensor:
     """x: uint8 [B, H, W, 3] on any device -> float32 [B, 3, H, W] in [-1, 1], augmented with generator `seed`."""
     b, h, w, c = x.shape
@@ -27,10 +41,10 @@ def to_float(x: torch.Tensor, *, seed: int, hflip: float, jitter: float) -> torc
     out = torch.empty((b, c, h, w), dtype=torch.float32, device=x.device)
     out.copy_(x.permute(0, 3, 1, 2))  # one pass: NHWC uint8 -> NCHW float
     if hflip > 0 and bool(flip.any()):
-        idx = flip.nonzero()[:, 0].to(x.device)
+        idx = to_device(flip.nonzero()[:, 0], x.device)
         out[idx] = out[idx].flip(3)
     if jitter > 0:
-        f = factors.to(x.device)
+        f = to_device(factors, x.device)
         out.mul_(f[:, 0, None, None, None])
         grey = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]).unsqueeze(1)
         mean = grey.mean(dim=(2, 3), keepdim=True)
