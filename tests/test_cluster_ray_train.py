@@ -69,11 +69,11 @@ def _logged_steps(run_dir: Path) -> list[int]:
 
 
 def _checkpoint_digest(ckpt: Path, cfg) -> str:
-    """The same parameter hash the workers compute, from a checkpoint's G and D weights."""
+    """The same parameter hash the workers compute, from a checkpoint's G, D and G_ema weights."""
     tensors = load_file(str(ckpt / "models.safetensors"))
     G, D = build_models(cfg.model)
     named = []
-    for tag, net in (("G", G), ("D", D)):
+    for tag, net in (("G", G), ("D", D), ("G_ema", G)):
         named += [(f"{tag}.{n}", tensors[f"{tag}.{n}"]) for n, _ in net.named_parameters()]
     return params_digest(named)
 
@@ -106,8 +106,8 @@ def test_two_workers_train_in_step(local_ray, shards: Path, tmp_path: Path) -> N
     assert _checkpoint_digest(ray_ckpt, cfg) == digests[0]
     # The initial weights differ from the trained ones (the hash is not vacuous).
     G, D = build_models(cfg.model)
-    assert params_digest([(f"G.{n}", p) for n, p in G.named_parameters()]
-                         + [(f"D.{n}", p) for n, p in D.named_parameters()]) != digests[0]
+    assert params_digest([(f"{t}.{n}", p) for t, net in (("G", G), ("D", D), ("G_ema", G))
+                          for n, p in net.named_parameters()]) != digests[0]
 
     # Rank 0 wrote the run dir: checkpoints, TensorBoard events, samples, one record per step.
     run = tmp_path / "run"

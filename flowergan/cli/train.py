@@ -75,7 +75,10 @@ def _train_torchrun(cfg: Config, resume: bool, evaluate: Evaluate | None) -> dic
     try:
         def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float], nets: dict[str, nn.Module]
                           ) -> None:
-            check_ranks_agree(step, path, nets, device)
+            digests = check_ranks_agree(step, path, nets, device)
+            if path is not None:
+                typer.echo(f"checkpoint {step}: G/D/G_ema parameters identical on all {len(digests)} ranks "
+                           f"(sha256 {digests[0]})")
 
         metrics = train_loop(cfg, resume=resume, device=device, on_checkpoint=on_checkpoint, evaluate=evaluate)
         return metrics if dist.rank() == 0 else None

@@ -1,4 +1,4 @@
-"""Proof that DDP kept the ranks in step: every rank hashes its own G and D parameters at each checkpoint.
+"""Proof that DDP kept the ranks in step: every rank hashes its own G, D and G_ema parameters at each checkpoint.
 
 It reads the plain modules the loop hands to `on_checkpoint`, so it needs no hook on the forward pass and works
 the same under torch.compile. Ranks that differ stop the run: a checkpoint would hold only rank 0's version.
@@ -17,7 +17,7 @@ from torch import nn
 from flowergan.errors import UserError
 from flowergan.train import distributed as dist
 
-CHECKED = ("G", "D")  # G_ema follows G on every rank; it is a consequence, not a second witness
+CHECKED = ("G", "D", "G_ema")  # whichever of them the run keeps
 
 
 def params_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -30,8 +30,9 @@ def params_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 
 def nets_digest(nets: Mapping[str, nn.Module]) -> str:
-    """This rank's hash of G's and D's parameters."""
-    return params_digest((f"{tag}.{n}", p) for tag in CHECKED for n, p in nets[tag].named_parameters())
+    """This rank's hash of the parameters of G, D and G_ema (when kept)."""
+    return params_digest((f"{tag}.{n}", p) for tag in CHECKED if tag in nets
+                         for n, p in nets[tag].named_parameters())
 
 
 def check_ranks_agree(step: int, path: Path | None, nets: Mapping[str, nn.Module], device: torch.device
@@ -43,7 +44,7 @@ def check_ranks_agree(step: int, path: Path | None, nets: Mapping[str, nn.Module
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
         groups = ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests))
-        raise UserError(f"G/D parameters differ across ranks at step {step} ({groups}); DDP lost sync (a rank "
+        raise UserError(f"G/D/G_ema parameters differ across ranks at step {step} ({groups}); DDP lost sync (a rank "
                         "changed its weights outside the optimizer step, or faulty hardware), so the run stops; "
                         f"checkpoint {step} was discarded")
     return digests
