@@ -138,6 +138,9 @@ class ClusterConfig:
     max_failures: int = _f(3, "worker-group restarts from the newest checkpoint", lo=-1)
     num_to_keep: int = _f(3, "checkpoints Ray Train keeps in storage", lo=1)
     sync_batchnorm: bool = _f(False, "SyncBatchNorm across workers")
+    pg_timeout_s: int = _f(1800, "seconds a rank waits at a collective before the process group fails it (Ray "
+                           "Train and torchrun); in-training evaluation on rank 0 holds the other ranks that long",
+                           lo=60, hi=86_400)
 
 
 @dataclass

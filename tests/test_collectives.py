@@ -122,6 +122,7 @@ def _collectives(device: torch.device, run_dir: Path, G: torch.nn.Module, resume
     assert not dist.all_true(torch.zeros((), dtype=torch.bool, device=device))
     assert dist.all_gather_text("G/D digest", device) == ["G/D digest"]
     assert dist.all_gather_text("", device) == [""]
+    assert dist.all_gather_bytes(b"\x00rng\xff", device) == [b"\x00rng\xff"]  # every rank's RNG state travels so
     assert dist.broadcast_text("runs/x/checkpoints/step-00000007", device) == "runs/x/checkpoints/step-00000007"
     assert dist.broadcast_text(None, device) is None
     if resume:  # the resume-point agreement: the run dir's newest checkpoint beats an older restored one ...

@@ -8,6 +8,7 @@ weights are stored channels-last, which oneDNN and cuDNN run faster. Features ag
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections.abc import Iterable, Iterator
@@ -115,17 +116,37 @@ class InceptionExtractor:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        if self.device.type != "cuda":
+        with _full_fp32(self.device):
             pool, logits = self.net(images.to(self.device, non_blocking=True))
-            return pool.float(), logits.float()
-        # cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later; FID is defined in fp32.
-        tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            pool, logits = self.net(images.to(self.device, non_blocking=True))
-        finally:
-            torch.backends.cudnn.allow_tf32 = tf32
         return pool.float(), logits.float()
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """IEEE fp32 for the convolutions *and* the logits matmul while the extractor runs on a GPU, restoring what
+    was set: TF32 (a 10-bit mantissa) is cuDNN's default on Ampere and later, and FID is defined in fp32.
+
+    torch >= 2.9 has `fp32_precision` per backend; once anything set it, reading the deprecated `allow_tf32`
+    flags raises, so they are only the fallback for older torch."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    conv: Any = getattr(cudnn, "conv", None)  # torch >= 2.9 (typed as absent by older stubs)
+    new_api = hasattr(conv, "fp32_precision") and hasattr(matmul, "fp32_precision")
+    if new_api:
+        before = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+    else:
+        before = (cudnn.allow_tf32, matmul.allow_tf32)
+        cudnn.allow_tf32, matmul.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        if new_api:
+            conv.fp32_precision, matmul.fp32_precision = before
+        else:
+            cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 @lru_cache(maxsize=2)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from flowergan.cli import app
-from flowergan.config import describe, load_config
+from flowergan.config import Config, describe, load_config
+from flowergan.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from flowergan.train.evaluation import Evaluate
 
 
 @app.command()
@@ -36,15 +43,47 @@ def train(
     # In-training FID/KID comes from the eval package and is handed to the loop: the loop never imports it.
     from flowergan_eval.api import in_training_evaluator
 
+    from flowergan.train import distributed as dist
+
     if ray:
+        if dist.launched_by_torchrun():
+            raise UserError("--ray starts its own workers: run `flowergan train --ray` once, not under torchrun")
         from flowergan.train.ray_train import run_ray
 
         metrics = run_ray(cfg, resume=resume, make_evaluate=in_training_evaluator)
+    elif dist.launched_by_torchrun():
+        on_rank0 = _train_torchrun(cfg, resume, in_training_evaluator(cfg))
+        if on_rank0 is None:
+            return  # one summary, from rank 0
+        metrics = on_rank0
     else:
         from flowergan.train.loop import train as train_loop
 
         metrics = train_loop(cfg, resume=resume, evaluate=in_training_evaluator(cfg))
     _summary(Path(cfg.log.run_dir), metrics)
+
+
+def _train_torchrun(cfg: Config, resume: bool, evaluate: Evaluate | None) -> dict[str, float] | None:
+    """One rank of `torchrun --nproc-per-node N -m flowergan train ...`: the process group from torchrun's
+    environment, the loop, and the cross-rank consistency check at every checkpoint. Rank 0's metrics; None on
+    the other ranks."""
+    from flowergan.train import distributed as dist
+    from flowergan.train.consistency import check_ranks_agree
+    from flowergan.train.loop import train as train_loop
+
+    device = dist.init_from_env(cfg.train.device, cfg.cluster.pg_timeout_s)
+    try:
+        def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float], nets: dict[str, nn.Module]
+                          ) -> None:
+            digests = check_ranks_agree(step, path, nets, device)
+            if path is not None:
+                typer.echo(f"checkpoint {step}: G/D/G_ema parameters identical on all {len(digests)} ranks "
+                           f"(sha256 {digests[0]})")
+
+        metrics = train_loop(cfg, resume=resume, device=device, on_checkpoint=on_checkpoint, evaluate=evaluate)
+        return metrics if dist.rank() == 0 else None
+    finally:
+        dist.shutdown()
 
 
 def _summary(run_dir: Path, metrics: dict[str, float]) -> None:

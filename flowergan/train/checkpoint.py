@@ -2,24 +2,24 @@
 
 A checkpoint is a directory `step-00001000/` holding
   models.safetensors  G.*, D.*, G_ema.* (state dicts with BatchNorm buffers)
-  optim.pt            both optimizers, the AMP scaler and RNG states: tensors and numbers only,
-                      read back with torch.load(weights_only=True)
-  state.json          step, images seen, the resolved config, package version, metrics
+  optim.pt            both optimizers, the AMP scaler and the RNG states of every rank (a list in rank order):
+                      tensors and numbers only, read back with torch.load(weights_only=True)
+  state.json          step, images seen, best score so far, world size, the resolved config, package version,
+                      metrics
 It is written to a temporary directory and renamed into place, so a crash never leaves half of one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -28,6 +28,8 @@ import flowergan
 from flowergan.config import Config, ConfigError, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Discriminator, Generator, build_models
+from flowergan.train.rng import RngState
+from flowergan.train.state import NETS, TrainState
 
 WEIGHTS, OPTIM, STATE = "models.safetensors", "optim.pt", "state.json"
 PREFIX = "step-"
@@ -45,30 +47,6 @@ def step_of(path: str | os.PathLike | None) -> int:
     return int(digits) if name.startswith(PREFIX) and digits.isdigit() else -1
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from, as tensors and plain numbers."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # a tuple, not the dict form
-    state["numpy"] = {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    version, internal, gauss_next = random.getstate()
-    state["python"] = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                       "gauss_next": gauss_next}
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-
-
 def _contiguous(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
@@ -76,13 +54,26 @@ def _contiguous(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
 def save_checkpoint(root: Path, *, step: int, models: dict[str, nn.Module], optim: dict[str, Any],
                     state: dict[str, Any]) -> Path:
     """Write `root/step-XXXXXXXX` atomically and return it. `models` maps G/D/G_ema to unwrapped modules."""
+    return _write(root, step, {k: m.state_dict() for k, m in models.items()}, optim, state)
+
+
+def save_state(root: Path, sd: dict[str, Any], rngs: list[RngState], meta: dict[str, Any]) -> Path:
+    """Write a `TrainState.state_dict()` as a checkpoint; `rngs` holds every rank's RNG state in rank order."""
+    best = sd["best"] if math.isfinite(sd["best"]) else None  # JSON has no infinity
+    optim = {"opt_g": sd["opt_g"], "opt_d": sd["opt_d"], "scaler": sd["scaler"], "rng": rngs}
+    state = {**meta, "images_seen": sd["images_seen"], "best": best, "world_size": len(rngs)}
+    return _write(root, sd["step"], {k: sd[k] for k in NETS if k in sd}, optim, state)
+
+
+def _write(root: Path, step: int, nets: dict[str, dict[str, torch.Tensor]], optim: dict[str, Any],
+           state: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         tensors: dict[str, torch.Tensor] = {}
-        for name, module in models.items():
-            tensors.update(_contiguous(module.state_dict(), f"{name}."))
+        for name, sd in nets.items():
+            tensors.update(_contiguous(sd, f"{name}."))
         save_file(tensors, str(tmp / WEIGHTS))
         torch.save(optim, tmp / OPTIM)
         meta = {**state, "step": step, "version": flowergan.__version__, "torch": torch.__version__,
@@ -191,21 +182,31 @@ def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], name: str, ck
         raise UserError(f"checkpoint {ckpt} was made for a different architecture: {detail}") from None
 
 
-def load_state(ckpt: Path, cfg: Config, models: dict[str, nn.Module], optimizers: dict[str, Any],
-               scaler: torch.amp.GradScaler, device: torch.device) -> dict[str, Any]:
-    """Restore weights, optimizers, scaler and RNG from `ckpt` into the given objects; return state.json."""
+def load_state(ckpt: Path, cfg: Config, state: TrainState, rank: int, world: int) -> str | None:
+    """Load `ckpt` into `state` (this rank's own RNG state when the world size is the one it was saved with).
+    Returns None, or one line saying the noise streams must be re-derived (another world size, or a checkpoint
+    without RNG states): the caller reseeds and continues."""
     tensors = _load_weights(ckpt)
-    for name, module in models.items():
-        load_into(module, tensors, name, ckpt, cfg)
+    for name, module in state.nets.items():
+        load_into(module, tensors, name, ckpt, cfg)  # an architecture mismatch is one line, before anything else
     try:
         extra = torch.load(ckpt / OPTIM, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{ckpt / OPTIM}: cannot read optimizer state ({e})") from None
-    for name, opt in optimizers.items():
-        opt.load_state_dict(extra[name])
-    scaler.load_state_dict(extra["scaler"])
-    set_rng_state(extra["rng"])
-    return read_state(ckpt)
+    meta = read_state(ckpt)
+    rngs = extra.get("rng")
+    rngs = rngs if isinstance(rngs, list) else []
+    saved_best = meta.get("best")
+    sd = {**{k: state.nets[k].state_dict() for k in state.nets}, "opt_g": extra["opt_g"], "opt_d": extra["opt_d"],
+          "scaler": extra["scaler"], "step": meta["step"], "images_seen": meta["images_seen"],
+          "best": state.best if saved_best is None else saved_best,
+          "rng": rngs[rank] if len(rngs) == world else None}
+    state.load_state_dict(sd)
+    if len(rngs) == world:
+        return None
+    saved = f"{len(rngs)} rank(s)" if rngs else "a run that kept no RNG states"
+    return (f"{ckpt.name} was saved by {saved} and resumes with {world}: noise streams are re-derived from "
+            "train.seed and the step, so the run continues but is not bit-identical to an uninterrupted one")
 
 
 def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"

@@ -1,5 +1,8 @@
 """Everything that knows about more than one process, in one place (no Ray here: any launcher works).
 
+Ray Train builds the process group itself; torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT) gets one from `init_from_env`.
+
 Every collective takes its tensors on the training device. A GPU worker's process group may be NCCL only, and
 NCCL takes CUDA tensors only: a CPU tensor there fails at the first call. Text is exchanged as bytes in device
 tensors, not with the `*_object` collectives, so nothing is unpickled and no device is guessed.
@@ -7,6 +10,8 @@ tensors, not with the `*_object` collectives, so nothing is unpickled and no dev
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -32,6 +37,34 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether a torchrun-style launcher set this process's rank (and no process group exists yet)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and not is_distributed()
+
+
+def init_from_env(train_device: str, timeout_s: float) -> torch.device:
+    """The process group of a torchrun-style launch, from its environment (the `env://` default): NCCL on
+    CUDA with LOCAL_RANK as this rank's GPU, gloo on the CPU. Returns this rank's training device."""
+    want_cuda = train_device == "cuda" or (train_device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but this process sees no CUDA GPU")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
+    timeout = timedelta(seconds=timeout_s)
+    if want_cuda:
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+    return device
+
+
+def shutdown() -> None:
+    """Tear down a process group this process created (torchrun), so the run exits cleanly."""
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def barrier(device: torch.device | None = None) -> None:
@@ -92,9 +125,15 @@ def broadcast_text(text: str | None, device: torch.device) -> str | None:
 
 def all_gather_text(text: str, device: torch.device) -> list[str]:
     """Every rank's `text`, in rank order."""
+    return [b.decode() for b in all_gather_bytes(text.encode(), device)]
+
+
+def all_gather_bytes(payload: bytes, device: torch.device) -> list[bytes]:
+    """Every rank's `payload`, in rank order (raw bytes in device tensors: nothing is unpickled)."""
     if not is_distributed():
-        return [text]
-    data = _encode(text, device)
+        return [payload]
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device) if payload else \
+        torch.empty(0, dtype=torch.uint8, device=device)
     size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
     sizes = [torch.empty_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
@@ -103,7 +142,7 @@ def all_gather_text(text: str, device: torch.device) -> list[str]:
     padded[:data.numel()] = data
     gathered = [torch.empty_like(padded) for _ in lengths]
     dist.all_gather(gathered, padded)
-    return [_decode(g[:n]) for g, n in zip(gathered, lengths)]
+    return [bytes(g[:n].cpu().numpy().tobytes()) for g, n in zip(gathered, lengths)]
 
 
 def resume_point(restored: str | None, run_dir: Path, device: torch.device) -> str | None:

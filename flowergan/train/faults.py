@@ -6,7 +6,9 @@ FLOWERGAN_FAULT_POINT names:
   saved  right after checkpoint n is written to the run dir, before Ray Train is told of it (the window in
          which a crash leaves the run dir ahead of Ray storage).
 FLOWERGAN_FAULT_ACTION says what happens there: `kill` (default) SIGKILLs this process; `hang` stops it for good,
-so a test can kill the driver while the checkpoint exists only in the run dir.
+so a test can kill the driver while the checkpoint exists only in the run dir; `perturb` (point `step` only)
+nudges one of this rank's G weights outside the optimizer, so the ranks no longer agree (what a faulty GPU or a
+stray in-place write would do) and the cross-rank consistency check must stop the run.
 FLOWERGAN_FAULT_ONCE=path makes it happen once: the file is created first, and an existing file disarms the hook.
 """
 
@@ -15,14 +17,20 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+from torch import nn
+
 POINTS = ("step", "saved")
-ACTIONS = ("kill", "hang")
+ACTIONS = ("kill", "hang", "perturb")
 
 
-def maybe_inject_fault(step: int, rank: int, point: str = "step") -> None:
-    """Kill or hang this process if the fault hook names this step, rank and point (no-op unless armed)."""
+def maybe_inject_fault(step: int, rank: int, point: str = "step", nets: Mapping[str, nn.Module] | None = None
+                       ) -> None:
+    """Kill, hang or perturb this process if the fault hook names this step, rank and point (no-op unless
+    armed); `nets` (the plain G, D, ...) is what `perturb` changes."""
     at = os.environ.get("FLOWERGAN_FAULT_STEP")
     if not at or int(at) != step or int(os.environ.get("FLOWERGAN_FAULT_RANK", "0")) != rank:
         return
@@ -38,6 +46,12 @@ def maybe_inject_fault(step: int, rank: int, point: str = "step") -> None:
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{action} at step {step} ({point}) on rank {rank}\n")
+    if action == "perturb":
+        if nets is None:
+            raise ValueError(f"FLOWERGAN_FAULT_ACTION=perturb needs the nets (point 'step'), not point {point!r}")
+        with torch.no_grad():
+            next(nets["G"].parameters()).view(-1)[0] += 1e-3
+        return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     threading.Event().wait()  # hang: until something outside kills this process

@@ -1,38 +1,118 @@
-"""The training loop: the same code as a plain process (CPU or one GPU) and as a DDP / Ray Train worker.
+"""The training loop: the same code as a plain process (CPU or one GPU) and as a DDP worker (torchrun, Ray Train).
 
-It knows nothing of Ray: `ray_train.py` calls `train()` in every worker with an `on_checkpoint` callback.
-Host syncs happen only at log, sample, checkpoint and evaluation intervals.
+It knows nothing of Ray or of launchers: `ray_train.py` and the CLI call `train()` in every rank, with an
+`on_checkpoint` callback. Host syncs happen only at log, sample, checkpoint and evaluation intervals.
+The pieces: `state.TrainState` (what a checkpoint holds), `meters.Meters` (device-side running means),
+`schedule.Schedule` (what is due after a step), `rollback.Rollback`, `checkpointer.Checkpointer`,
+`samples.SampleWriter`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch import nn
 
-from flowergan import visuals
 from flowergan.config import Config
 from flowergan.data.loader.protocol import BatchStream
 from flowergan.devices import pick_device
 from flowergan.errors import UserError
-from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
+from flowergan.train import rng
+from flowergan.train.checkpointer import Checkpointer, OnCheckpoint
 from flowergan.train.compiling import compile_nets, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger, RunLogger
+from flowergan.train.meters import LOGGED, Meters
 from flowergan.train.report import TrainProgress
-from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
+from flowergan.train.rollback import Rollback
+from flowergan.train.samples import SampleWriter
+from flowergan.train.schedule import Schedule
+from flowergan.train.state import TrainState, new_state
+from flowergan.train.step import StepOutput, Targets, ema_update, gan_step
 
-LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
-OnCheckpoint = Callable[[int, "Path | None", dict[str, float]], None]
+__all__ = ["LOGGED", "OnCheckpoint", "total_steps", "train"]
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None, device: torch.device | None = None,
+          on_checkpoint: OnCheckpoint | None = None, stream: BatchStream | None = None,
+          evaluate: Evaluate | None = None) -> dict[str, float]:
+    """Train G and D as `cfg` says; returns the last logged metrics. See the module docstring."""
+    rank, world = dist.rank(), dist.world_size()
+    device = device or pick_device(cfg.train.device, "train.device")
+    tc, run_dir = cfg.train, Path(cfg.log.run_dir)
+    if tc.batch_size % world:
+        raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")
+    if rank == 0:
+        _prepare_run_dir(run_dir)
+    resume_from = _resume_point(run_dir, resume, resume_from, device)
+
+    memory_format = pick_memory_format(tc, device)
+    state = new_state(cfg, device, memory_format, initial_best(evaluate))
+    rng.reseed(tc.seed, rank)  # noise and augmentation: one stream per rank, from torch's global RNG
+    if resume_from is not None:
+        _resume(Path(resume_from), cfg, state, rank, world)
+    stream = stream or _build_stream(cfg, rank, world, device)
+    steps = total_steps(cfg, stream.num_samples)
+    schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
+
+    G_train = dist.wrap(state.G, device, cfg.cluster.sync_batchnorm)
+    D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm)
+    G_train, D_train = compile_nets(G_train, D_train, tc, device)
+    one_step = _Step(cfg, state, G_train, D_train, memory_format)
+
+    log = RunLogger(run_dir, cfg.log.tensorboard, start_step=state.step) if rank == 0 else NullLogger()
+    if rank == 0:
+        (run_dir / "config.toml").write_text(cfg.to_toml())
+    z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed))
+    samples = SampleWriter(run_dir, log, z_fixed.to(device), enabled=rank == 0)
+    checkpointer = Checkpointer(run_dir / "checkpoints", tc.keep_checkpoints, {"config": cfg.to_dict()},
+                                stream.num_samples, writer=rank == 0, on_checkpoint=on_checkpoint)
+    meters, rollback = Meters(device, state.images_seen), Rollback(state, tc.nan_retries, tc.seed, rank)
+    progress = TrainProgress(steps, state.step, enabled=cfg.log.progress and rank == 0)
+    batches = iter(stream.iter_from(state.step * tc.d_steps))
+    metrics: dict[str, float] = {}
+    if state.step == 0:
+        samples.write(0, state.G, state.G_ema)
+    progress.start()
+    try:
+        while state.step < steps:
+            meters.add(one_step(batches))
+            progress.advance()
+            maybe_inject_fault(state.step, rank, nets=state.nets)
+            due = schedule.at(state.step)
+            if not due.anything:
+                continue
+            if not meters.all_finite():  # one host sync: finite on every rank since the last check?
+                progress.say(rollback.roll_back())
+                meters.reset(state.images_seen)
+                progress.rewind(state.step)
+                batches = iter(stream.iter_from(state.step * tc.d_steps))
+                continue
+            if due.log:
+                metrics = _interval_metrics(meters, state)
+                log.scalars(state.step, metrics)
+                progress.log(state.step, metrics)
+            if due.epoch_end:
+                log.scalars(state.step, {"epoch": schedule.epoch(state.step), **meters.read_epoch()})
+            if due.sample:
+                samples.write(state.step, state.G, state.G_ema)
+            best = due.evaluate and _evaluate(evaluate, state, metrics, log, rank == 0)
+            if due.checkpoint:
+                checkpointer.save(state, dict(metrics), best)
+                rollback.keep()
+    finally:
+        progress.stop()
+        log.close()
+    samples.finish()
+    return metrics
 
 
 def total_steps(cfg: Config, num_samples: int) -> int:
@@ -40,6 +120,60 @@ def total_steps(cfg: Config, num_samples: int) -> int:
     if cfg.train.epochs > 0:
         return max(1, math.ceil(cfg.train.epochs * num_samples / cfg.train.batch_size / cfg.train.d_steps))
     return cfg.train.steps
+
+
+@dataclass
+class _Step:
+    """One training step: `d_steps` batches with fresh noise, the GAN step, the EMA update, the counters."""
+
+    cfg: Config
+    state: TrainState
+    G: nn.Module  # what runs the step: DDP-wrapped and/or compiled
+    D: nn.Module
+    memory_format: torch.memory_format
+
+    def __post_init__(self) -> None:
+        from flowergan.train.augment import make_augment
+
+        tc = self.cfg.train
+        self.targets = Targets(tc.real_label, tc.fake_label, tc.g_target)
+        self.augment: Callable[[torch.Tensor], torch.Tensor] | None = \
+            make_augment(tc.diffaugment) if tc.diffaugment else None
+
+    def __call__(self, batches: Batches) -> StepOutput:
+        s, tc, device = self.state, self.cfg.train, self.state.device
+        reals, zs = [], []
+        for _ in range(tc.d_steps):
+            x, _labels = next(batches)
+            reals.append(x.to(device, non_blocking=True, memory_format=self.memory_format))
+            zs.append(torch.randn(x.shape[0], self.cfg.model.nz, device=device))
+        out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment)
+        if s.G_ema is not None:
+            # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
+            ema_update(s.G_ema, s.G, min(tc.ema_decay, (1 + s.step) / (10 + s.step)))
+        s.step += 1
+        s.images_seen += tc.batch_size * tc.d_steps
+        return out
+
+
+def _interval_metrics(meters: Meters, state: TrainState) -> dict[str, float]:
+    """The log interval's scalars: mean losses and D outputs over ranks, speed, learning rates, images seen."""
+    return {**meters.read_interval(state.images_seen), "LR/G": state.opt_g.param_groups[0]["lr"],
+            "LR/D": state.opt_d.param_groups[0]["lr"], "Progress/images_seen": state.images_seen}
+
+
+def _evaluate(evaluate: Evaluate | None, state: TrainState, metrics: dict[str, float], log: NullLogger,
+              main: bool) -> bool:
+    """Rank 0 scores G_ema (or G); the others wait for it at the checkpoint's collectives. True for a new best."""
+    if evaluate is None or not main:
+        return False
+    scores = evaluate(state.G_ema or state.G, state.device)
+    metrics.update(scores)
+    log.scalars(state.step, {f"Eval/{k}": v for k, v in scores.items()})
+    if not improves(evaluate, scores, state.best):
+        return False
+    state.best = scores[evaluate.best_key]
+    return True
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -52,224 +186,30 @@ def _prepare_run_dir(run_dir: Path) -> None:
         raise UserError(f"log.run_dir: cannot write to {run_dir} ({e.strerror}); choose another --run-dir") from None
 
 
-@dataclass
-class _Snapshot:
-    """The last good state kept in memory on every rank, so a non-finite loss rolls back without disk."""
-
-    step: int = 0
-    images_seen: int = 0
-    state: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def take(cls, step: int, images_seen: int, objs: dict[str, Any]) -> _Snapshot:
-        return cls(step, images_seen, {k: copy.deepcopy(v.state_dict()) for k, v in objs.items()})
-
-    def restore(self, objs: dict[str, Any]) -> None:
-        for k, v in objs.items():
-            v.load_state_dict(self.state[k])
-
-
-def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None, device: torch.device | None = None,
-          on_checkpoint: OnCheckpoint | None = None, stream: BatchStream | None = None,
-          evaluate: Evaluate | None = None) -> dict[str, float]:
-    """Train G and D as `cfg` says; returns the last logged metrics. See the module docstring."""
-    rank, world = dist.rank(), dist.world_size()
-    device = device or pick_device(cfg.train.device, "train.device")
-    tc, oc = cfg.train, cfg.optim
-    per_rank_batch = tc.batch_size // world
-    run_dir = Path(cfg.log.run_dir)
-    ckpt_root = run_dir / "checkpoints"
-
-    if rank == 0:
-        _prepare_run_dir(run_dir)
-    if resume_from is None:
-        existing = ckpt_io.list_checkpoints(ckpt_root)
-        if existing and not resume:
-            raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue from "
-                            f"{existing[-1].name}, or choose a new --run-dir")
-        resume_from = existing[-1] if existing and resume else None
-
-    # Models: identical init on every rank (DDP also broadcasts rank 0's weights).
-    torch.manual_seed(tc.seed)
-    G, D = build_models(cfg.model)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if tc.ema else None
-    memory_format = pick_memory_format(tc, device)
-    for m in (G, D, G_ema):
-        if m is not None:
-            m.to(device).to(memory_format=memory_format)
-    fused = oc.fused == "on" or (oc.fused == "auto" and device.type == "cuda")
-    # Fused kernels on CUDA; elsewhere the multi-tensor (foreach) path, which PyTorch enables only on CUDA.
-    adam: dict[str, Any] = {"betas": (oc.beta1, oc.beta2), **({"fused": True} if fused else {"foreach": True})}
-    opt_g = torch.optim.Adam(G.parameters(), lr=oc.lr_g, **adam)
-    opt_d = torch.optim.Adam(D.parameters(), lr=oc.lr_d, **adam)
-    precision = Precision(device, *resolve_amp(tc.amp, device))
-    nets = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
-    stateful = {**nets, "opt_g": opt_g, "opt_d": opt_d, "scaler": precision.scaler}
-
-    # Noise and augmentation draw from torch's global RNG, seeded per rank; resume restores it exactly.
-    torch.manual_seed(tc.seed * 1_000_003 + rank + 1)
-    step, images_seen = 0, 0
+def _resume_point(run_dir: Path, resume: bool, resume_from: Path | None, device: torch.device) -> Path | None:
+    """The checkpoint to continue from, the same on every rank: the given one, or rank 0's newest in the run dir
+    (which must be asked for with `resume`)."""
     if resume_from is not None:
-        state = ckpt_io.load_state(Path(resume_from), cfg, nets, {"opt_g": opt_g, "opt_d": opt_d},
-                                   precision.scaler, device)
-        step, images_seen = int(state["step"]), int(state["images_seen"])
-        if rank != 0:  # each rank continues its own noise sequence rather than rank 0's
-            torch.manual_seed(tc.seed * 1_000_003 + rank + 1 + step)
+        return resume_from
+    found = ckpt_io.list_checkpoints(run_dir / "checkpoints") if dist.rank() == 0 else []
+    newest = dist.broadcast_text(str(found[-1]) if found else None, device)
+    if newest is not None and not resume:
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue from "
+                        f"{Path(newest).name}, or choose a new --run-dir")
+    return Path(newest) if newest is not None else None
 
-    if stream is None:
-        from flowergan.data import build_stream
 
-        stream = build_stream(cfg.data, batch_size=per_rank_batch, resolution=cfg.model.resolution,
-                              rank=rank, world_size=world, seed=tc.seed, device=device)
-    num_samples, batches_per_epoch = stream.num_samples, stream.batches_per_epoch
-    steps = total_steps(cfg, num_samples)
-
-    G_train = dist.wrap(G, device, cfg.cluster.sync_batchnorm)
-    D_train = dist.wrap(D, device, cfg.cluster.sync_batchnorm)
-    G_train, D_train = compile_nets(G_train, D_train, tc, device)
-    augment = None
-    if tc.diffaugment:
-        from flowergan.train.augment import make_augment
-
-        augment = make_augment(tc.diffaugment)
-    targets = Targets(tc.real_label, tc.fake_label, tc.g_target)
-
-    log = RunLogger(run_dir, cfg.log.tensorboard, start_step=step) if rank == 0 else NullLogger()
-    if rank == 0:
-        (run_dir / "config.toml").write_text(cfg.to_toml())
-    z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed)).to(device)
-
-    def sample_grids(at: int) -> None:
-        if rank != 0:
-            return
-        with torch.no_grad():
-            for tag, net in (("ema", G_ema), ("raw", G)):
-                if net is None:
-                    continue
-                was_training = net.training
-                net.eval()
-                grid = visuals.to_grid(net(z_fixed))
-                net.train(was_training)
-                visuals.save_png(grid, run_dir / "samples" / f"{tag}-{at:08d}.png")
-                log.image(f"Samples/{tag}", at, grid)
-
-    def save(at: int, metrics: dict[str, float], best: bool) -> Path | None:
-        path = None
+def _resume(ckpt: Path, cfg: Config, state: TrainState, rank: int, world: int) -> None:
+    """Load `ckpt` into `state`; across world sizes, re-derive each rank's noise stream and say so in one line."""
+    note = ckpt_io.load_state(ckpt, cfg, state, rank, world)
+    if note is not None:
+        rng.reseed(cfg.train.seed, rank, state.step)
         if rank == 0:
-            optim_state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                           "scaler": precision.scaler.state_dict(), "rng": ckpt_io.rng_state()}
-            state = {"images_seen": images_seen, "epoch": images_seen / max(num_samples, 1),
-                     "config": cfg.to_dict(), "metrics": metrics}
-            path = ckpt_io.save_checkpoint(ckpt_root, step=at, models=nets, optim=optim_state, state=state)
-            if best:
-                ckpt_io.mark_best(path)
-            ckpt_io.prune(ckpt_root, tc.keep_checkpoints)
-        if on_checkpoint is not None:
-            on_checkpoint(at, path, metrics)  # every rank, the same number of times (Ray Train requires it)
-        return path
+            print(f"note: {note}", flush=True)
 
-    # Accumulators live on the device; they are read (one sync) only at log intervals.
-    acc = torch.zeros(len(LOGGED), device=device)
-    epoch_acc = torch.zeros(len(LOGGED), device=device)
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    acc_n = epoch_acc_n = 0
-    last_metrics: dict[str, float] = {}
-    best_value = initial_best(evaluate)
-    retries = 0
-    snapshot = _Snapshot.take(step, images_seen, stateful)
 
-    batches = iter(stream.iter_from(step * tc.d_steps))
-    if rank == 0 and step == 0:
-        sample_grids(0)
-    progress = TrainProgress(steps, step, enabled=cfg.log.progress and rank == 0)
-    progress.start()
-    t_log, images_at_log = time.perf_counter(), images_seen
-    try:
-        while step < steps:
-            reals, zs = [], []
-            for _ in range(tc.d_steps):
-                x, _labels = next(batches)
-                reals.append(x.to(device, non_blocking=True, memory_format=memory_format))
-                zs.append(torch.randn(x.shape[0], cfg.model.nz, device=device))
-            out = gan_step(G_train, D_train, opt_g, opt_d, reals, zs, precision, targets, augment)
-            if G_ema is not None:
-                # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
-                ema_update(G_ema, G, min(tc.ema_decay, (1 + step) / (10 + step)))
-            values = torch.stack([out.loss_d, out.loss_g, out.d_real, out.d_fake_before, out.d_fake_after])
-            finite &= torch.isfinite(values[:2]).all()
-            acc += values
-            epoch_acc += values
-            acc_n += 1
-            epoch_acc_n += 1
-            step += 1
-            images_seen += tc.batch_size * tc.d_steps
-            progress.advance()
-            maybe_inject_fault(step, rank)
+def _build_stream(cfg: Config, rank: int, world: int, device: torch.device) -> BatchStream:
+    from flowergan.data import build_stream
 
-            ckpt_due = step % tc.checkpoint_every == 0 or step == steps
-            eval_due = evaluate is not None and cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == steps)
-            log_due = step % cfg.log.every == 0 or step == steps or ckpt_due or eval_due
-            epoch_end = (step * tc.d_steps) % batches_per_epoch < tc.d_steps
-            if not (log_due or epoch_end):
-                continue
-
-            # One host sync: are the losses finite on every rank since the last check?
-            if not dist.all_true(finite):
-                retries += 1
-                progress.say(f"non-finite loss between steps {snapshot.step} and {step}: rolling back to "
-                                  f"step {snapshot.step} (retry {retries} of {tc.nan_retries})")
-                if retries > tc.nan_retries:
-                    raise UserError(f"non-finite loss persisted after {tc.nan_retries} rollbacks at step {step}; "
-                                    "lower optim.lr_d / optim.lr_g or set train.amp=off")
-                snapshot.restore(stateful)
-                step, images_seen = snapshot.step, snapshot.images_seen
-                # New noise so the retry does not replay the exact same divergence.
-                torch.manual_seed(tc.seed * 1_000_003 + rank + 1 + 7919 * retries)
-                batches = iter(stream.iter_from(step * tc.d_steps))
-                acc.zero_(), epoch_acc.zero_(), finite.fill_(True)
-                acc_n = epoch_acc_n = 0
-                progress.rewind(step)
-                continue
-
-            if log_due:
-                means = (dist.mean_across(acc) / max(acc_n, 1)).tolist()
-                now = time.perf_counter()
-                last_metrics = dict(zip(LOGGED, means))
-                last_metrics["Speed/img_per_s"] = (images_seen - images_at_log) / max(now - t_log, 1e-9)
-                last_metrics["LR/G"] = opt_g.param_groups[0]["lr"]
-                last_metrics["LR/D"] = opt_d.param_groups[0]["lr"]
-                last_metrics["Progress/images_seen"] = images_seen
-                log.scalars(step, last_metrics)
-                t_log, images_at_log = now, images_seen
-                acc.zero_()
-                acc_n = 0
-                progress.log(step, last_metrics)
-            if epoch_end:
-                epoch = (step * tc.d_steps) // batches_per_epoch
-                em = (dist.mean_across(epoch_acc) / max(epoch_acc_n, 1)).tolist()
-                log.scalars(step, {"epoch": epoch, "Epoch/Loss_D": em[0], "Epoch/Loss_G": em[1],
-                                   "Epoch/D_real": em[2], "Epoch/D_fake_after": em[4]})
-                epoch_acc.zero_()
-                epoch_acc_n = 0
-            if step % cfg.log.sample_every == 0 or step == steps:
-                sample_grids(step)
-            is_best = False
-            if eval_due:
-                scores = evaluate(G_ema or G, device) if rank == 0 and evaluate is not None else {}
-                last_metrics.update(scores)
-                log.scalars(step, {f"Eval/{k}": v for k, v in scores.items()})
-                if evaluate is not None and improves(evaluate, scores, best_value):
-                    is_best, best_value = True, scores[evaluate.best_key]
-            if ckpt_due or eval_due:
-                save(step, dict(last_metrics), is_best)
-                snapshot = _Snapshot.take(step, images_seen, stateful)
-                retries = 0
-    finally:
-        progress.stop()
-        log.close()
-    if rank == 0:
-        frames = sorted((run_dir / "samples").glob("ema-*.png")) or sorted((run_dir / "samples").glob("raw-*.png"))
-        visuals.save_gif(frames, run_dir / "progress.gif")
-        visuals.plot_losses(run_dir / "metrics.jsonl", run_dir / "losses.png")
-    return last_metrics
-
+    return build_stream(cfg.data, batch_size=cfg.train.batch_size // world, resolution=cfg.model.resolution,
+                        rank=rank, world_size=world, seed=cfg.train.seed, device=device)

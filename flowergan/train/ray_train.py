@@ -16,37 +16,42 @@ A run dir whose newest checkpoint belongs to another run (another `cluster.name`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
 import torch
-from ray.train import (
-    Checkpoint,
-    CheckpointConfig,
-    CheckpointConsistencyMode,
-    CheckpointUploadMode,
-    FailureConfig,
-    Result,
-    RunConfig,
-    ScalingConfig,
-)
-from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
-from flowergan.models import Discriminator, Generator
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
+from flowergan.train.consistency import check_ranks_agree, params_digest
 from flowergan.train.faults import maybe_inject_fault
+
+try:  # Train V2 names (Ray >= 2.43, on by default since 2.60); V1 (RAY_TRAIN_V2_ENABLED=0) lacks them
+    from ray.train import (
+        Checkpoint,
+        CheckpointConfig,
+        CheckpointConsistencyMode,
+        CheckpointUploadMode,
+        FailureConfig,
+        Result,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchConfig, TorchTrainer
+except ImportError:
+    raise UserError(f"Ray {ray.__version__} runs Ray Train V1 here (RAY_TRAIN_V2_ENABLED="
+                    f"{os.environ.get('RAY_TRAIN_V2_ENABLED', '')!r}); flowergan needs Train V2: unset "
+                    "RAY_TRAIN_V2_ENABLED or set it to 1") from None
+
+__all__ = ["params_digest", "resolve_paths", "run_ray", "stored_checkpoints"]
 
 if TYPE_CHECKING:
     from flowergan.train.evaluation import Evaluate
@@ -57,7 +62,12 @@ MakeEvaluate = Callable[[Config], "Evaluate | None"]  # built in each worker (th
 # on other nodes do not inherit the driver's environment.
 ENV_PREFIXES = ("FLOWERGAN_",)
 # GPU workers: NCCL for CUDA tensors (DDP's gradients, the loop's collectives) and gloo for any CPU tensor, so
-# a collective on the wrong device still works instead of failing the job at its first call.
+# a collective on the wrong device still works instead of failing the job at its first call. Kept over plain
+# "nccl" although Ray sets TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (a stuck NCCL collective fails the worker after
+# the process-group timeout instead of hanging it) only when it recognises NCCL in the backend: Ray >= 2.60
+# (the floor this package is tested with) checks each "device:backend" item (`_is_backend_nccl`), older ones
+# compared `backend == "nccl"`. tests/test_ray_launch.py pins that, so a Ray that stops recognising the list
+# fails a test rather than silently dropping the variable.
 GPU_BACKEND = "cpu:gloo,cuda:nccl"
 
 
@@ -202,7 +212,7 @@ def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = N
         trainer = TorchTrainer(
             _train_worker,
             train_loop_config={"config": cfg.to_dict(), "make_evaluate": make_evaluate},
-            torch_config=TorchConfig(backend=GPU_BACKEND if use_gpu else "gloo"),
+            torch_config=TorchConfig(backend=GPU_BACKEND if use_gpu else "gloo", timeout_s=cc.pg_timeout_s),
             scaling_config=ScalingConfig(num_workers=cc.workers, use_gpu=use_gpu, resources_per_worker=resources),
             run_config=RunConfig(
                 name=cc.name,
@@ -220,9 +230,6 @@ def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = N
         if started_here:
             ray.shutdown()
     metrics = dict(result.metrics or {})
-    digests = metrics.get("Check/params_digest", [])
-    if len(set(digests)) > 1:
-        print(f"warning: G/D parameters differ across ranks at the last checkpoint: {digests}", file=sys.stderr)
     if result.checkpoint is not None:
         metrics["Ray/checkpoint"] = result.checkpoint.path
     return metrics
@@ -244,41 +251,6 @@ def _explain(error: Exception) -> Exception:
 # Inside every Ray Train worker.
 
 
-class _DDPModules:
-    """Finds the DDP-wrapped G and D the loop builds (a global forward pre-hook that removes itself once it has
-    seen both), so every checkpoint report can prove that all ranks hold the same parameters."""
-
-    def __init__(self) -> None:
-        self.found: list[nn.Module] = []  # the plain modules inside the DDP wrappers
-        self.handle: RemovableHandle | None = nn.modules.module.register_module_forward_pre_hook(self._see)
-
-    def _see(self, module: nn.Module, args: Any) -> None:
-        if isinstance(module, nn.parallel.DistributedDataParallel) and all(m is not module.module for m in self.found):
-            self.found.append(module.module)
-            if len(self.found) == 2:
-                self.close()
-
-    def digest(self) -> str:
-        """Hash of this rank's G and D parameters ('' before both have run)."""
-        tags = {Generator: "G", Discriminator: "D"}
-        named = [(f"{tags[type(m)]}.{n}", p) for m in self.found if type(m) in tags for n, p in m.named_parameters()]
-        return params_digest(named) if len(self.found) == 2 else ""
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-
-
-def params_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 over parameter names and exact bytes (BatchNorm buffers differ per rank by design: excluded)."""
-    h = hashlib.sha256()
-    for name, p in sorted(named, key=lambda kv: kv[0]):
-        h.update(name.encode())
-        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _upload_mode(cfg: Config) -> CheckpointUploadMode:
     """Upload to Ray storage in the background while training goes on, unless the run dir keeps one checkpoint:
     rank 0 then deletes the previous checkpoint while saving the next, possibly under a running upload."""
@@ -297,12 +269,13 @@ def _train_worker(config: dict[str, Any]) -> None:
         device = torch.device("cpu")
     rank = ray.train.get_context().get_world_rank()
     upload = _upload_mode(cfg)
-    ddp = _DDPModules() if not cfg.train.compile else None  # global hooks and torch.compile do not mix
 
-    def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
+    def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float], nets: dict[str, nn.Module]) -> None:
         # Every rank reports the same number of times; only rank 0 has a directory to upload. Each report
-        # carries every rank's hash of its G and D parameters: equal hashes prove DDP kept the ranks in step.
-        digests = dist.all_gather_text(ddp.digest() if ddp is not None else "", device)
+        # carries every rank's hash of its plain G and D (compiled or not): equal hashes prove DDP kept the ranks
+        # in step; unequal ones stop every rank before anything is reported (a retry resumes from the last
+        # checkpoint the ranks agreed on).
+        digests = check_ranks_agree(step, path, nets, device)
         maybe_inject_fault(step, rank, point="saved")
         if path is not None and upload is CheckpointUploadMode.ASYNC:
             # At most one upload in flight: the previous one is done before this one starts, so the checkpoint
@@ -325,5 +298,3 @@ def _train_worker(config: dict[str, Any]) -> None:
         make_evaluate = config.get("make_evaluate")
         train(cfg, resume=resume_from is not None, resume_from=resume_from, device=device,
               on_checkpoint=on_checkpoint, evaluate=make_evaluate(cfg) if make_evaluate is not None else None)
-    if ddp is not None:
-        ddp.close()

@@ -1,0 +1,87 @@
+"""TrainState and its checkpoint form: RNG states round-trip, each rank gets its own back, another world size
+says so in one line, the best score survives a resume; the interval schedule."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from _core import TensorStream, tiny_config
+
+from flowergan.train import checkpoint as ckpt_io
+from flowergan.train import rng
+from flowergan.train.loop import train
+from flowergan.train.schedule import Schedule
+from flowergan.train.state import new_state
+
+
+def _draws() -> tuple:
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)], random.gauss(0, 1)
+
+
+def test_rng_capture_and_restore_cover_every_stream(one_thread) -> None:
+    random.gauss(0, 1)  # leaves a cached gauss_next: part of Python's state
+    state = rng.capture(torch.device("cpu"))
+    first = _draws()
+    rng.restore(state, torch.device("cpu"))
+    assert _draws() == first
+    assert rng.gather(state, torch.device("cpu"))[0].keys() == state.keys()  # bytes round trip, one rank
+
+
+def _fresh(tmp_path, **kw):
+    cfg = tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=4", "log.sample_every=4")
+    return cfg, new_state(cfg, torch.device("cpu"), torch.preserve_format, best=float("inf"))
+
+
+def test_each_rank_gets_its_own_rng_state_back(one_thread, tmp_path) -> None:
+    cfg, state = _fresh(tmp_path)
+    rng.reseed(0, 0)
+    r0 = rng.capture()
+    rng.reseed(0, 1)
+    r1 = rng.capture()
+    state.step, state.best = 4, 0.25
+    ckpt = ckpt_io.save_state(tmp_path / "ck", state.state_dict(), [r0, r1], {"config": cfg.to_dict()})
+    _, other = _fresh(tmp_path)
+    assert ckpt_io.load_state(ckpt, cfg, other, rank=1, world=2) is None
+    assert torch.equal(torch.get_rng_state(), r1["torch"]) and not torch.equal(r0["torch"], r1["torch"])
+    assert (other.step, other.best) == (4, 0.25)
+
+
+def test_another_world_size_says_so_in_one_line(one_thread, tmp_path) -> None:
+    cfg, state = _fresh(tmp_path)
+    ckpt = ckpt_io.save_state(tmp_path / "ck", state.state_dict(), [rng.capture()], {"config": cfg.to_dict()})
+    before = torch.get_rng_state()
+    note = ckpt_io.load_state(ckpt, cfg, state, rank=1, world=2)
+    assert note is not None and "\n" not in note
+    assert note.startswith("step-00000000 was saved by 1 rank(s) and resumes with 2: noise streams are re-derived")
+    assert torch.equal(torch.get_rng_state(), before), "a foreign rank's RNG state must not be loaded"
+    assert state.best == float("inf")  # no score yet: JSON null, the initial value kept
+
+
+def test_resume_prints_the_note_and_continues(one_thread, tmp_path, capsys, monkeypatch) -> None:
+    """A checkpoint saved without RNG states (as by another world size) resumes with a note, to the end."""
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=4", "train.checkpoint_every=4"), stream=TensorStream())
+    ckpt = ckpt_io.list_checkpoints(run / "checkpoints")[-1]
+    extra = torch.load(ckpt / ckpt_io.OPTIM, weights_only=True)
+    extra["rng"] = [extra["rng"][0], extra["rng"][0]]  # "saved by 2 ranks"
+    torch.save(extra, ckpt / ckpt_io.OPTIM)
+    capsys.readouterr()
+    metrics = train(tiny_config(run, "train.steps=6", "train.checkpoint_every=4"), resume=True, stream=TensorStream())
+    out = capsys.readouterr().out
+    assert "note: step-00000004 was saved by 2 rank(s) and resumes with 1" in out
+    assert metrics["Progress/images_seen"] == 6 * 8
+
+
+@pytest.mark.parametrize("step, due", [
+    (1, set()), (2, {"log"}), (3, set()), (4, {"log", "epoch_end", "sample"}),
+    (5, {"log", "evaluate", "checkpoint"}), (6, {"log", "checkpoint"}), (8, {"log", "epoch_end", "sample"}),
+    (10, {"log", "evaluate", "checkpoint", "sample"})])
+def test_schedule_says_what_is_due(step: int, due: set[str]) -> None:
+    s = Schedule(steps=10, log_every=2, sample_every=4, eval_every=5, checkpoint_every=6, d_steps=1,
+                 batches_per_epoch=4)
+    got = s.at(step)
+    names = {"log", "epoch_end", "sample", "evaluate", "checkpoint"}
+    assert {n for n in names if getattr(got, n)} == due
