@@ -27,8 +27,9 @@ from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
-from flowergan.train.logging import NullLogger, RunLogger
+from flowergan.train.logging import NullLogger
 from flowergan.train.report import TrainProgress
+from flowergan.train.trackers import open_run_logger
 from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
@@ -136,7 +137,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         augment = make_augment(tc.diffaugment)
     targets = Targets(tc.real_label, tc.fake_label, tc.g_target)
 
-    log = RunLogger(run_dir, cfg.log.tensorboard, start_step=step) if rank == 0 else NullLogger()
+    log = open_run_logger(cfg, run_dir, start_step=step) if rank == 0 else NullLogger()
     if rank == 0:
         (run_dir / "config.toml").write_text(cfg.to_toml())
     z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed)).to(device)
