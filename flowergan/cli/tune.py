@@ -22,6 +22,7 @@ def tune(
     max_concurrent: int = typer.Option(0, "--max-concurrent", min=0, help="Trials at once (0 = what fits)."),
     grace_period: int = typer.Option(1, "--grace-period", min=1, help="ASHA: evaluations before a stop."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out (finished trials stay)."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Resume if --out holds a sweep, else start."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and space, print them, exit."),
     ray: bool = typer.Option(True, "--ray/--no-ray", hidden=True, help="Sweeps always run on Ray."),
     address: str | None = typer.Option(None, "--address", help="Ray address: auto or ray://HOST:10001."),
@@ -43,11 +44,12 @@ def tune(
         typer.echo(cfg.to_toml())
         typer.echo(f"# {grid_size(params) * num_samples} trial(s): {describe(params)}")
         return
-    from flowergan.tune.sweep import SweepOptions, run_sweep
     from flowergan_eval.api import in_training_evaluator
 
+    from flowergan.tune.sweep import SweepOptions, run_sweep
+
     opts = SweepOptions(out=out or Path("runs") / "sweeps" / space.stem, num_samples=num_samples, scheduler=scheduler, max_concurrent=max_concurrent,
-                        grace_period=grace_period, resume=resume)
+                        grace_period=grace_period, resume=resume, auto_resume=auto_resume)
     rows = run_sweep(cfg, params, opts, in_training_evaluator)
     failed = [r.trial for r in rows if r.status == "error"]
     if failed:

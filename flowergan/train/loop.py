@@ -29,8 +29,8 @@ from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger
 from flowergan.train.report import TrainProgress
-from flowergan.train.trackers import open_run_logger
 from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
+from flowergan.train.trackers import open_run_logger
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
 OnCheckpoint = Callable[[int, "Path | None", dict[str, float]], None]

@@ -45,6 +45,7 @@ class SweepOptions:
     grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
     resume: bool = False
+    auto_resume: bool = False  # resume when the sweep dir holds a sweep, else start (a retried cluster job)
 
 
 def _param_space(params: list[Param]) -> dict[str, Any]:
@@ -105,9 +106,11 @@ def _check_state(out: Path, record: dict[str, Any], opts: SweepOptions) -> bool:
     """Whether to restore; one line when --resume and the sweep dir disagree."""
     path = out / EXPERIMENT
     exists = ray.tune.Tuner.can_restore(str(path))
+    if opts.auto_resume and not exists:
+        return False
     if opts.resume and not exists:
         raise UserError(f"--resume: {out} holds no sweep to resume (no Tune state in {path}); drop --resume")
-    if exists and not opts.resume:
+    if exists and not (opts.resume or opts.auto_resume):
         raise UserError(f"{out} already holds a sweep; pass --resume to continue it, or choose a new --out")
     if exists:
         saved = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None
