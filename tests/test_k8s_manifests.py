@@ -249,7 +249,7 @@ def check_rayjob(job: dict[str, Any]) -> None:
     per_run = int(opts["--workers"]) * gpus_per_worker
     if argv[1] == "train":
         assert per_run == gpu_slots, \
-            f"--workers {opts['--workers']} x --gpus-per-worker {gpus_per_worker} != {gpu_slots} GPUs in the worker groups"
+            f"--workers {opts['--workers']} x --gpus-per-worker {gpus_per_worker} != {gpu_slots} GPUs of the workers"
     else:  # a sweep: --max-concurrent trials of --workers x --gpus-per-worker each fill the GPUs
         assert per_run * int(opts["--max-concurrent"]) == gpu_slots, \
             f"--max-concurrent x --workers x --gpus-per-worker != {gpu_slots} GPUs in the worker groups"

@@ -48,8 +48,9 @@ def tune(
 
     from flowergan.tune.sweep import SweepOptions, run_sweep
 
-    opts = SweepOptions(out=out or Path("runs") / "sweeps" / space.stem, num_samples=num_samples, scheduler=scheduler, max_concurrent=max_concurrent,
-                        grace_period=grace_period, resume=resume, auto_resume=auto_resume)
+    opts = SweepOptions(out=out or Path("runs") / "sweeps" / space.stem, num_samples=num_samples,
+                        scheduler=scheduler, max_concurrent=max_concurrent, grace_period=grace_period,
+                        resume=resume, auto_resume=auto_resume)
     rows = run_sweep(cfg, params, opts, in_training_evaluator)
     failed = [r.trial for r in rows if r.status == "error"]
     if failed:

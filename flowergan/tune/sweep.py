@@ -180,7 +180,7 @@ def run_sweep(cfg: Config, params: list[Param], opts: SweepOptions,
                                               failure_config=ray.tune.FailureConfig(max_failures=0)),
             )
         grid = tuner.fit()
-        rows = [_row(result, base, params, key, lower, out) for result in grid]
+        rows = [_row(grid[i], base, params, key, lower, out) for i in range(len(grid))]
     finally:
         if started_here:
             ray.shutdown()
