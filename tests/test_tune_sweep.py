@@ -74,7 +74,8 @@ def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("tune")
     temp_dir = tempfile.mkdtemp(prefix="fgt", dir="/tmp")  # short: unix socket paths are limited
     port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled", "FLOWERGAN_CACHE_DIR": str(base / "cache"),
+    env = {**os.environ, "RAY_TMPDIR": temp_dir, "RAY_AUTH_MODE": "disabled",
+           "FLOWERGAN_CACHE_DIR": str(base / "cache"),
            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
            # Ray's state API (the placement-group cleaner's) finds the head by this when other Rays run here too.
            "RAY_ADDRESS": f"127.0.0.1:{port}", "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_DEDUP_LOGS": "0",
