@@ -4,13 +4,19 @@
 #   docker push ghcr.io/flowergan/flowergan:0.1.0
 # The tag is the package version (pyproject.toml); k8s/kustomization.yaml maps it to your registry.
 #
-# Base: Ray's own GPU image for the Ray version the manifests declare as `rayVersion` (tests check that they
-# agree): CPython 3.11 in conda, the CUDA runtime, wget for KubeRay's probes, and the non-root user `ray`
-# (uid 1000, gid 100) the manifests run as. Every Python package, torch included, is installed with
-# .ci/constraints.txt: the exact versions `make test` runs (torch's PyPI wheels bring their own CUDA 13 libraries,
-# which need an NVIDIA driver >= 580 on the nodes).
+# Base: Ray's own image for the Ray version the manifests declare as `rayVersion` (tests check that they agree):
+# CPython 3.11 in conda, wget for KubeRay's probes, and the non-root user `ray` (uid 1000, gid 100) the manifests
+# run as. It is Ray's CPU image, not its `-gpu` one: torch's PyPI wheels bring their own CUDA 13 userspace
+# (cudart, cuBLAS, cuDNN, NCCL, ... as nvidia-* wheels, pinned in .ci/constraints.txt), so the image carries one
+# CUDA userspace instead of two (the -gpu base adds the CUDA toolkit that torch never loads). GPUs still work: the
+# NVIDIA container runtime mounts the driver (libcuda, libnvidia-ml) into the pod; the driver must be >= 580
+# (CUDA 13). The size saved is not measured (no Docker engine where this was written).
+# Every Python package, torch included, is installed with .ci/constraints.txt: the exact versions `make test` runs.
+# Digest: pin the base by digest where your registry mirror is known, e.g.
+#   FROM rayproject/ray:2.60.0-py311@sha256:<digest of `docker buildx imagetools inspect rayproject/ray:2.60.0-py311`>
+# The digest is not written here: it could not be looked up offline (no registry access where this was written).
 ARG RAY_VERSION=2.60.0
-FROM rayproject/ray:${RAY_VERSION}-py311-gpu
+FROM rayproject/ray:${RAY_VERSION}-py311
 
 ARG RAY_VERSION
 # The versions .ci/constraints.txt pins (a test keeps them equal, and equal to the torch `make test` runs).
@@ -51,14 +57,16 @@ RUN pip install -c .ci/constraints.txt "torch==${TORCH_VERSION}" "torchvision==$
 
 # The project's runtime dependencies and Ray's [default,train] extras (the dashboard and job server that
 # `ray job submit`, the RayJob submitter, talks to), named by pyproject.toml and pinned by the constraints.
-COPY --chown=1000:100 pyproject.toml README.md ./
+# Only pyproject.toml: an edit of the README does not rebuild the dependency layers.
+COPY --chown=1000:100 pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['ray']))" > /tmp/requirements.txt \
  && pip install -c .ci/constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
-# The project itself (training package, eval package, job files), without touching the pins above; the build
-# checks that the image runs the versions the constraints name.
+# The project itself (training package, eval package, job files, and the README its metadata reads), without
+# touching the pins above; the build checks that the image runs the versions the constraints name.
+COPY --chown=1000:100 README.md ./
 COPY --chown=1000:100 flowergan ./flowergan
 COPY --chown=1000:100 eval ./eval
 COPY --chown=1000:100 jobs ./jobs

@@ -106,6 +106,10 @@ class LogConfig:
     sample_every: int = _f(500, "steps between fixed-noise sample grids", lo=1)
     n_samples: int = _f(64, "images in a sample grid", lo=1, hi=1024)
     tensorboard: bool = _f(True, "write TensorBoard event files")
+    backends: str = _f("tensorboard", "where scalars go besides metrics.jsonl, comma-separated from tensorboard, "
+                       "mlflow, wandb (the last two: pip install 'flowergan[mlflow]' / '[wandb]')")
+    mlflow_uri: str = _f("", "MLflow tracking URI ('' = $MLFLOW_TRACKING_URI, else a file store <run_dir>/mlruns)")
+    experiment: str = _f("", "MLflow experiment / W&B project ('' = cluster.name, else the run dir's name)")
     progress: bool = _f(True, "show a progress bar")
 
 
@@ -166,6 +170,7 @@ class Config:
         return "\n".join(lines)
 
 
+LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # log.backends (flowergan/train/trackers.py)
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _SECTION_TYPES = {name: type(section) for name, section in vars(Config()).items()}
 
@@ -257,6 +262,10 @@ def validate(cfg: Config) -> Config:
         if p.strip() not in ("color", "translation", "cutout"):
             raise ConfigError(f"train.diffaugment: {p.strip()!r} is not allowed; "
                               "use a comma-separated subset of: color, translation, cutout")
+    for b in cfg.log.backends.split(","):
+        if b.strip() and b.strip() not in LOG_BACKENDS:
+            raise ConfigError(f"log.backends: {b.strip()!r} is not allowed; "
+                              f"use a comma-separated subset of: {', '.join(LOG_BACKENDS)}")
     if cfg.train.batch_size % cfg.cluster.workers:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly across "
                           f"cluster.workers = {cfg.cluster.workers}")

@@ -107,12 +107,25 @@ def pip_installs() -> list[list[str]]:
     return [shlex.split(m.group(1)) for r in runs for m in re.finditer(r"pip install (.*?)(?:&&|$)", r)]
 
 
-def test_base_image_is_rays_gpu_image_of_the_manifests_version() -> None:
+def test_base_image_is_rays_image_of_the_manifests_version() -> None:
+    """Ray's CPU image at the manifests' Ray version: torch's wheels bring the only CUDA userspace (one, not two)."""
     (base,) = [_expand(a) for i, a in instructions() if i == "FROM"]
-    m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-(gpu|cu\d+)(@sha256:[0-9a-f]{64})?", base)
-    assert m, f"{base}: expected rayproject/ray:<RAY_VERSION>-py3XX-gpu (or -cuXXX)"
+    m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)(@sha256:[0-9a-f]{64})?", base)
+    assert m, f"{base}: expected rayproject/ray:<RAY_VERSION>-py3XX (the CPU image: no -gpu / -cuXXX CUDA toolkit)"
     assert m.group(1) == args()["RAY_VERSION"]
     assert f"CPython 3.{m.group(2)}" in CONSTRAINTS.read_text(), "constraints.txt was made for another Python"
+    if not m.group(3):  # no digest: the Dockerfile must say why and how to pin one
+        assert "could not be looked up offline" in DOCKERFILE.read_text() and "@sha256:" in DOCKERFILE.read_text()
+    cuda = [n for n in pins() if n.startswith("nvidia-cuda-runtime") or n.startswith("nvidia-cudnn")]
+    assert cuda, "torch's CUDA wheels (nvidia-cuda-runtime, nvidia-cudnn) must be pinned: they are the image's CUDA"
+
+
+def test_readme_is_copied_after_the_dependency_layers() -> None:
+    """Editing README.md must not rebuild torch and the dependencies: it is copied after their pip installs."""
+    steps = instructions()
+    deps = [k for k, (i, a) in enumerate(steps) if i == "RUN" and "pip install -c" in a]
+    readme = [k for k, (i, a) in enumerate(steps) if i == "COPY" and "README.md" in a.split()]
+    assert deps and readme and min(readme) > max(deps), "COPY README.md comes before a dependency install"
 
 
 def test_every_install_is_pinned_by_the_constraints() -> None:

@@ -51,8 +51,9 @@ def objects(kind: str | None = None) -> list[dict[str, Any]]:
     return [d for docs in all_manifests().values() for d in docs if kind is None or d["kind"] == kind]
 
 
-def rayjob() -> dict[str, Any]:
-    (job,) = objects("RayJob")
+def rayjob(component: str = "train") -> dict[str, Any]:
+    """The RayJob of one component: train (k8s/train.yaml) or tune (k8s/tune.yaml)."""
+    (job,) = [j for j in objects("RayJob") if j["metadata"]["labels"]["app.kubernetes.io/component"] == component]
     return job
 
 
@@ -71,6 +72,13 @@ def dockerfile_uid() -> int:
     users = re.findall(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
     assert users, "Dockerfile has no numeric USER"
     return int(users[-1])
+
+
+def dockerfile_gid() -> int:
+    """The gid the image runs as: the group of its last `USER uid:gid` (the base image's user ray: 1000:100)."""
+    users = re.findall(r"^USER (\d+):(\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert users, "Dockerfile's last USER names no numeric uid:gid"
+    return int(users[-1][1])
 
 
 def dockerfile_workdir() -> str:
@@ -152,6 +160,9 @@ def check_pod_rules(obj: dict[str, Any]) -> None:
         psc = pod.get("securityContext", {})
         assert psc.get("runAsNonRoot") is True, f"{name} {label}: pod securityContext.runAsNonRoot must be true"
         assert psc.get("runAsUser") == dockerfile_uid(), f"{name} {label}: runAsUser must be the image's USER"
+        assert psc.get("runAsGroup") == dockerfile_gid(), f"{name} {label}: runAsGroup must be the image's group"
+        if label != "submitter":  # the pods that write the shared volume
+            assert psc.get("fsGroup") == dockerfile_gid(), f"{name} {label}: fsGroup must be the image's group"
         for c in containers(pod):
             where = f"{name} {label} container {c['name']}"
             sc = c.get("securityContext", {})
@@ -212,7 +223,8 @@ def check_rayjob(job: dict[str, Any]) -> None:
     head = rc["headGroupSpec"]["template"]["spec"]
     assert all(GPU not in c.get("resources", {}).get("limits", {}) for c in containers(head)), "head has a GPU"
     argv = shlex.split(spec["entrypoint"])
-    assert argv[:2] == ["flowergan", "train"] and "--ray" in argv, "entrypoint must be `flowergan train ... --ray`"
+    assert argv[:2] in (["flowergan", "train"], ["flowergan", "tune"]), "entrypoint: flowergan train or tune"
+    assert argv[1] == "tune" or "--ray" in argv, "the train entrypoint must run on Ray (--ray)"
     opts = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--") and argv[i] != "--ray"}
     gpus_per_worker = float(opts["--gpus-per-worker"])
     assert gpus_per_worker > 0, "--gpus-per-worker must be > 0 on the GPU cluster"
@@ -234,8 +246,22 @@ def check_rayjob(job: dict[str, Any]) -> None:
         assert float(opts["--cpus-per-worker"]) * workers_in_pod <= _cpus(c["resources"]["limits"]["cpu"]), \
             f"{workers_in_pod:g} workers x --cpus-per-worker do not fit the worker pod's CPU limit"
         gpu_slots += g["replicas"] * gpus
-    assert int(opts["--workers"]) * gpus_per_worker == gpu_slots, \
-        f"--workers {opts['--workers']} x --gpus-per-worker {gpus_per_worker} != {gpu_slots} GPUs in the worker groups"
+    per_run = int(opts["--workers"]) * gpus_per_worker
+    if argv[1] == "train":
+        assert per_run == gpu_slots, \
+            f"--workers {opts['--workers']} x --gpus-per-worker {gpus_per_worker} != {gpu_slots} GPUs of the workers"
+    else:  # a sweep: --max-concurrent trials of --workers x --gpus-per-worker each fill the GPUs
+        assert per_run * int(opts["--max-concurrent"]) == gpu_slots, \
+            f"--max-concurrent x --workers x --gpus-per-worker != {gpu_slots} GPUs in the worker groups"
+        assert "--auto-resume" in argv, "a retried sweep must resume (--auto-resume), not refuse its own sweep dir"
+    check_deadlines(spec)
+
+
+def check_deadlines(spec: dict[str, Any]) -> None:
+    """A job that never schedules gives its GPUs back; a running one ends: both deadlines, the first shorter."""
+    pre, active = spec.get("preRunningDeadlineSeconds"), spec.get("activeDeadlineSeconds")
+    assert isinstance(pre, int) and pre > 0, "preRunningDeadlineSeconds: a job that never starts must not wait forever"
+    assert isinstance(active, int) and active > pre, "activeDeadlineSeconds must be set and exceed the pre-running one"
 
 
 def _cpus(q: str | int) -> float:
@@ -251,7 +277,7 @@ MANIFEST_CHECKS = [check_schema, check_pod_rules, check_no_inline_secrets]
 
 def test_every_manifest_parses_and_is_listed() -> None:
     found = all_manifests()
-    assert {"train.yaml", "tensorboard.yaml", "eval.yaml", "shard.yaml", "storage.yaml"} <= set(found)
+    assert {"train.yaml", "tune.yaml", "tensorboard.yaml", "eval.yaml", "shard.yaml", "storage.yaml"} <= set(found)
     for name, docs in found.items():
         assert docs, f"{name} is empty"
         for d in docs:
@@ -268,8 +294,24 @@ def test_manifest(obj: dict[str, Any], check) -> None:
     check(obj)
 
 
-def test_rayjob_cluster_rules() -> None:
-    check_rayjob(rayjob())
+RAYJOBS = ["train", "tune"]
+
+
+@pytest.mark.parametrize("component", RAYJOBS)
+def test_rayjob_cluster_rules(component: str) -> None:
+    check_rayjob(rayjob(component))
+
+
+@pytest.mark.parametrize("component", RAYJOBS)
+def test_kueue_label_is_offered_and_valid(component: str) -> None:
+    """Both RayJobs carry the Kueue queue label as a ready comment; uncommented it is a valid RayJob label."""
+    text = (K8S / f"{component}.yaml").read_text()
+    m = re.search(r"^ {4}# (kueue\.x-k8s\.io/queue-name): (\S+)$", text, re.M)
+    assert m, f"{component}.yaml: no commented `kueue.x-k8s.io/queue-name: QUEUE` label under metadata.labels"
+    job = copy.deepcopy(rayjob(component))
+    job["metadata"]["labels"][m.group(1)] = m.group(2)
+    check_schema(job)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", m.group(2)), "the queue name must be a DNS label"
 
 
 def _break_replicas(job):
@@ -328,12 +370,20 @@ def _no_auth(job):
     del job["spec"]["rayClusterSpec"]["authOptions"]
 
 
+def _no_deadline(job):
+    del job["spec"]["preRunningDeadlineSeconds"]
+
+
+def _group_1000(job):
+    job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["securityContext"]["fsGroup"] = 1000
+
+
 @pytest.mark.parametrize("breakage, check", [
     (_break_replicas, check_schema), (_break_type, check_schema), (_drop_limits, check_pod_rules),
     (_inline_secret, check_pod_rules), (_root, check_pod_rules), (_no_toleration, check_rayjob),
     (_more_workers, check_rayjob), (_ray_version, check_rayjob), (_no_auth, check_rayjob),
     (_keep_workers, check_rayjob), (_shutdown_too, check_rayjob), (_cluster_before_workers, check_rayjob),
-    (_cpus_per_worker, check_rayjob),
+    (_cpus_per_worker, check_rayjob), (_no_deadline, check_rayjob), (_group_1000, check_pod_rules),
 ], ids=lambda x: getattr(x, "__name__", ""))
 def test_checks_catch_a_broken_rayjob(breakage, check) -> None:
     job = copy.deepcopy(rayjob())
@@ -552,3 +602,16 @@ def test_tensorboard_command_serves(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_tune_entrypoint_resolves_to_the_cluster_paths() -> None:
+    """The sweep RayJob: its space parses against its config, and the sweep dir and data are on the volume."""
+    argv = _in_repo(shlex.split(rayjob("tune")["spec"]["entrypoint"]))
+    proc = subprocess.run([str(BIN / "flowergan"), *argv[1:], "--dry-run"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "# 4 trial(s): train.batch_size grid [64, 128]; model.d_head grid ['conv', 'dense']" in proc.stdout
+    cfg = tomllib.loads(proc.stdout[proc.stdout.index("[data]"):proc.stdout.index("# 4 trial")])
+    assert cfg["eval"]["every"] > 0, "ASHA needs the in-training metric"
+    assert cfg["data"]["path"].startswith("/data/") and cfg["cluster"]["storage_path"].startswith("/data/")
+    assert argv[argv.index("--out") + 1].startswith("/data/")

@@ -18,7 +18,7 @@ def _root(version: bool = version_option("flowergan", __version__)) -> None:
 
 def _register() -> None:
     # Each sub-module adds its own commands; imported here so `flowergan --help` lists them all.
-    from flowergan.cli import data, export, sample, train  # noqa: F401
+    from flowergan.cli import data, export, sample, train, tune  # noqa: F401
 
 
 def main() -> None:

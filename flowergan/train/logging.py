@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from flowergan.outputs import write_atomic
+
+if TYPE_CHECKING:
+    from flowergan.train.trackers import Tracker
 
 
 def _trim_jsonl(path: Path, first_new: int) -> None:
@@ -47,10 +52,13 @@ class RunLogger(NullLogger):
 
     A run that starts at `start_step` (the resumed checkpoint's step, 0 for a fresh start) first forgets what an
     earlier attempt logged after that step, so curves never overlap: TensorBoard hides those events
-    (`purge_step`) and `metrics.jsonl` is rewritten without them.
+    (`purge_step`) and `metrics.jsonl` is rewritten without them. Scalars also go to each of `trackers` (MLflow,
+    W&B: trackers.py), which the logger closes with itself.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0,
+                 trackers: Sequence[Tracker] = ()):
+        self.trackers = list(trackers)
         # Everything logged at the resumed step itself describes the checkpointed state and stays.
         first_new = start_step + 1 if start_step > 0 else 0
         _trim_jsonl(run_dir / "metrics.jsonl", first_new)
@@ -67,6 +75,8 @@ class RunLogger(NullLogger):
         if self.tb is not None:
             for tag, v in values.items():
                 self.tb.add_scalar(tag, v, step)
+        for tracker in self.trackers:
+            tracker.scalars(step, values)
 
     def image(self, tag: str, step: int, grid: torch.Tensor) -> None:
         """`grid` is a [3, H, W] float tensor in [0, 1]."""
@@ -77,3 +87,5 @@ class RunLogger(NullLogger):
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()

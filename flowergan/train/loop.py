@@ -28,7 +28,7 @@ from flowergan.train.checkpointer import Checkpointer, OnCheckpoint
 from flowergan.train.compiling import compile_nets, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
-from flowergan.train.logging import NullLogger, RunLogger
+from flowergan.train.logging import NullLogger
 from flowergan.train.meters import LOGGED, Meters
 from flowergan.train.report import TrainProgress
 from flowergan.train.rollback import Rollback
@@ -36,6 +36,7 @@ from flowergan.train.samples import SampleWriter
 from flowergan.train.schedule import Schedule
 from flowergan.train.state import TrainState, new_state
 from flowergan.train.step import StepOutput, Targets, ema_update, gan_step
+from flowergan.train.trackers import open_run_logger
 
 __all__ = ["LOGGED", "OnCheckpoint", "total_steps", "train"]
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -68,7 +69,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     G_train, D_train = compile_nets(G_train, D_train, tc, device)
     one_step = _Step(cfg, state, G_train, D_train, memory_format)
 
-    log = RunLogger(run_dir, cfg.log.tensorboard, start_step=state.step) if rank == 0 else NullLogger()
+    log = open_run_logger(cfg, run_dir, start_step=state.step) if rank == 0 else NullLogger()
     if rank == 0:
         (run_dir / "config.toml").write_text(cfg.to_toml())
     z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -187,13 +187,15 @@ def _check_devices(cfg: Config) -> None:
                         "--gpus-per-worker 0 for CPU workers")
 
 
-def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = None) -> dict[str, Any]:
+def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = None,
+            callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train with `cfg.cluster.workers` Ray Train workers; returns rank 0's metrics at the last checkpoint.
 
     Every start continues from the newest complete checkpoint in Ray storage or the run dir (that is how a
     retried job resumes, with or without `--resume`). `resume=True` is only needed to continue from a run dir
     whose newest checkpoint belongs to another run (another `cluster.name` or model, e.g. a plain local run).
     `make_evaluate(cfg)` builds the in-training evaluation in each worker, from the paths as the workers see them.
+    `callbacks` go to the trainer's RunConfig (a Tune trial passes the one that forwards reports to Tune).
     """
     _check_devices(cfg)
     cfg = resolve_paths(cfg)
@@ -220,6 +222,7 @@ def run_ray(cfg: Config, *, resume: bool, make_evaluate: MakeEvaluate | None = N
                 failure_config=FailureConfig(max_failures=cc.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cc.num_to_keep),
                 worker_runtime_env={"env_vars": _worker_env()},
+                callbacks=list(callbacks),
             ),  # type: ignore[call-arg]  # mypy reads ray.train's Train V1 RunConfig; V2 (2.60's default) has it
         )
         try:
