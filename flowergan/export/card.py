@@ -127,7 +127,7 @@ images = flowergan.generate(G, 16, seed=0)  # uint8 [16, 3, {res}, {res}], RGB
 ```
 
 Input: z of shape [batch, {nz}], standard normal. Output: RGB images [batch, 3, {res}, {res}] in [-1, 1];
-uint8 = round((x + 1) * 127.5), clamped to [0, 255]. BatchNorm runs in eval mode (saved running statistics).
+uint8 = round((x + 1) * 127.5), clamped to [0, 255]. BatchNorm: {meta['batchnorm']}.
 
 ## Metrics at this checkpoint
 

@@ -22,6 +22,7 @@ from flowergan.config import Config
 from flowergan.data.batches import BatchStream
 from flowergan.devices import pick_device
 from flowergan.errors import UserError
+from flowergan.generation import for_sampling, recompute_bn_stats
 from flowergan.models import build_models
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
@@ -29,7 +30,7 @@ from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger, RunLogger
 from flowergan.train.report import TrainProgress
-from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
+from flowergan.train.step import Precision, Targets, ema_decay_at, ema_update, gan_step, r1_weight, resolve_amp
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
 OnCheckpoint = Callable[[int, "Path | None", dict[str, float]], None]
@@ -150,13 +151,15 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                     continue
                 was_training = net.training
                 net.eval()
-                grid = visuals.to_grid(net(z_fixed))
+                grid = visuals.to_grid(for_sampling(net, cfg.model.g_sample_bn)(z_fixed))
                 net.train(was_training)
                 visuals.save_png(grid, run_dir / "samples" / f"{tag}-{at:08d}.png")
                 log.image(f"Samples/{tag}", at, grid)
 
     def save(at: int, metrics: dict[str, float], best: bool) -> Path | None:
         path = None
+        if G_ema is not None and cfg.model.g_sample_bn == "batch":
+            recompute_bn_stats(G_ema)  # training-neutral: ema_update overwrites G_ema's buffers every step
         if rank == 0:
             optim_state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                            "scaler": precision.scaler.state_dict(), "rng": ckpt_io.rng_state()}
@@ -193,10 +196,11 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 x, _labels = next(batches)
                 reals.append(x.to(device, non_blocking=True, memory_format=memory_format))
                 zs.append(torch.randn(x.shape[0], cfg.model.nz, device=device))
-            out = gan_step(G_train, D_train, opt_g, opt_d, reals, zs, precision, targets, augment)
+            out = gan_step(G_train, D_train, opt_g, opt_d, reals, zs, precision, targets, augment,
+                           r1=r1_weight(step, tc.r1_gamma, tc.r1_every))
             if G_ema is not None:
                 # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
-                ema_update(G_ema, G, min(tc.ema_decay, (1 + step) / (10 + step)))
+                ema_update(G_ema, G, ema_decay_at(step, tc.ema_decay, tc.ema_warmup))
             values = torch.stack([out.loss_d, out.loss_g, out.d_real, out.d_fake_before, out.d_fake_after])
             finite &= torch.isfinite(values[:2]).all()
             acc += values
@@ -257,7 +261,8 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 sample_grids(step)
             is_best = False
             if eval_due:
-                scores = evaluate(G_ema or G, device) if rank == 0 and evaluate is not None else {}
+                sampler = for_sampling(G_ema or G, cfg.model.g_sample_bn)
+                scores = evaluate(sampler, device) if rank == 0 and evaluate is not None else {}
                 last_metrics.update(scores)
                 log.scalars(step, {f"Eval/{k}": v for k, v in scores.items()})
                 if evaluate is not None and improves(evaluate, scores, best_value):
