@@ -34,7 +34,7 @@ import torch
 from flowergan import visuals
 from flowergan.config import Config, load_config, parse_override
 from flowergan.generation import for_sampling, generate
-from flowergan.train.checkpoint import load_generator
+from flowergan.train.checkpoint import load_generator, step_dir_name
 from flowergan.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +47,11 @@ TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "
 
 def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path) -> Config:
     """The config of one recipe: the job file's recipe sections, the run's common settings, then the recipe's own."""
-    job = load_config(ROOT / "jobs" / "flowers64.toml")
-    sets = [f"{s}.{k}={_text(v)}" for s in RECIPE_SECTIONS for k, v in job.to_dict()[s].items()
-            if not (s == "train" and k in ("epochs", "steps", "checkpoint_every", "keep_checkpoints", "device"))]
+    sets: list[str] = []
+    if name == "flowergan":  # the tutorial starts from the defaults: the Radford architecture, Adam 2e-4 / 0.5
+        job = load_config(ROOT / "jobs" / "flowers64.toml")
+        sets = [f"{s}.{k}={_text(v)}" for s in RECIPE_SECTIONS for k, v in job.to_dict()[s].items()
+                if not (s == "train" and k in ("epochs", "steps", "checkpoint_every", "keep_checkpoints", "device"))]
     sets += [f"data.path={data}", "data.cache=memory", "data.workers=0", f"train.steps={args.steps}",
              "train.epochs=0", f"train.batch_size={args.batch}", f"train.seed={args.seed}", "train.device=cpu",
              f"train.checkpoint_every={args.steps}", "train.keep_checkpoints=1", f"log.run_dir={run_dir}",
@@ -110,14 +112,18 @@ def oracle_modes(G: torch.nn.Module, data: str, n: int) -> dict[str, float]:
 def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth: bool) -> dict[str, Any]:
     """Train one recipe, save its grid, score it; returns the row."""
     run_dir = out / f"run-{args.tag}-{name}" if args.tag else out / f"run-{name}"
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
     cfg = recipe_config(name, args, data, run_dir)
     t0 = time.perf_counter()
-    last = train(cfg)
-    train_s = time.perf_counter() - t0
+    if args.reuse and finished(run_dir, cfg):
+        last, train_s = {}, float(json.loads((run_dir / "train.json").read_text())["train_s"])
+    else:
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        last = train(cfg)
+        train_s = time.perf_counter() - t0
+        (run_dir / "train.json").write_text(json.dumps({"train_s": train_s, **last}))
     G, _ = load_generator(run_dir, ema=cfg.train.ema)
     G = for_sampling(G, cfg.model.g_sample_bn).eval()
     with torch.no_grad():
@@ -132,6 +138,15 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
            "loss_d": last.get("Loss/D"), "loss_g": last.get("Loss/G"), **metrics}
     print(json.dumps(row), flush=True)
     return row
+
+
+def finished(run_dir: Path, cfg: Config) -> bool:
+    """Whether `run_dir` already holds this exact recipe trained to the end (then --reuse only scores it)."""
+    try:
+        return ((run_dir / "config.toml").read_text() == cfg.to_toml() and (run_dir / "train.json").is_file()
+                and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
+    except OSError:
+        return False
 
 
 def side_by_side(paths: list[Path], out: Path) -> None:
@@ -161,10 +176,15 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="section.key=value for the flowergan recipe")
     ap.add_argument("--tag", default="", help="name of this run's files (ablation runs)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="run dirs, grids, results.jsonl")
+    ap.add_argument("--reuse", action="store_true", help="score a recipe's finished run of the same config "
+                    "instead of training it again")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
+                    "machine, where OpenMP spin-waits)")
     args = ap.parse_args()
     for s in args.set:
         parse_override(s)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     synth = not args.data
