@@ -60,8 +60,8 @@ def test_in_training_kid_and_fid(env, tmp_path):
     assert list(fid) == ["fid8"] and fid["fid8"] > 0
 
 
-def test_in_training_metric_rejects_other_metrics(env):
+def test_in_training_metric_rejects_unknown_metrics(env):
     G, cfg = load_generator(env["run"])
-    with pytest.raises(UserError, match="fid or kid"):
-        api.in_training_metric(G, nz=cfg.model.nz, metric="is", n=8, data=env["data"], device="cpu",
+    with pytest.raises(UserError, match="eval.metric: 'nope' is not a registered metric; one of: fid, kid, is"):
+        api.in_training_metric(G, nz=cfg.model.nz, metric="nope", n=8, data=env["data"], device="cpu",
                                inception_weights=env["weights"])

@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     data = testing.synth_shards(base, 2880, seed=11)  # 60 per mode: 54 to train, the last 10 % held out
     out = tmp_path_factory.mktemp("oracle") / "oracle"
     result = CliRunner().invoke(app, ["oracle", "train", "--data", str(data), "--out", str(out), "--json",
-                                      "--no-progress"])
+                                      "--no-progress", "--cnn-epochs", "0"])  # SynthNet: test_eval_synth.py
     assert result.exit_code == 0, result.output + repr(result.exception)
     model, info = O.load(out)
     return {"data": data, "out": out, "result": json.loads(result.output), "model": model, "info": info}

@@ -8,6 +8,7 @@ only n generated images through Inception.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +41,7 @@ class Options:
     inception_weights: str | None = None
     ref_n: int = 0  # real images in the reference set (0 = all)
     progress: bool = True
+    features: str = ""  # extractor of the feature-space metrics: "" = each metric's own, inception, synth, PATH
 
 
 class Evaluation:
@@ -73,9 +75,43 @@ class Evaluation:
                             f"(`flowergan data shard SRC --out DIR --size {self.resolution}`)")
 
     # ------------------------------------------------------------ pieces, each computed once
+    @property
+    def default_features(self) -> str:
+        """The extractor of the measures that do not name one (diversity, stats): --features, else Inception."""
+        return self.opts.features or "inception"
+
+    def extractor_for(self, spec: str) -> Any:
+        """The extractor `spec` names (inception, synth, PATH), loaded once."""
+        cache = self.__dict__.setdefault("_extractors", {})
+        if spec not in cache:
+            from flowergan_eval.extractors import load_extractor
+
+            cache[spec] = load_extractor(spec, real=self.real, device=self.device,
+                                         inception_weights=self.opts.inception_weights)
+        return cache[spec]
+
+    def reference_for(self, spec: str) -> Reference:
+        """Features and statistics of the real images in `spec`'s features (cached on disk by extractor)."""
+        cache = self.__dict__.setdefault("_references", {})
+        if spec not in cache:
+            cache[spec] = reference(self.require_real(), self.extractor_for(spec), n=self.opts.ref_n,
+                                    batch=self.opts.batch, progress=self.bar)
+        return cache[spec]
+
+    def fake_for(self, spec: str) -> FT.Features:
+        """The n generated images in `spec`'s features (G's images are reused when they are kept already)."""
+        cache = self.__dict__.setdefault("_fakes", {})
+        if spec not in cache:
+            images = FT.generate(self._G(), self.z, batch=self.opts.batch, device=self.device)
+            if "fake_images" in self.__dict__:  # already generated: reuse rather than run G again
+                images = self.fake_images.split(self.opts.batch)
+            cache[spec] = FT.extract(self.extractor_for(spec), images, self.opts.n, progress=self.bar,
+                                     description="generated features")
+        return cache[spec]
+
     @cached_property
-    def extractor(self) -> FT.InceptionExtractor:
-        return FT.load_inception(self.opts.inception_weights, device=self.device)
+    def extractor(self) -> Any:
+        return self.extractor_for(self.default_features)
 
     def require_real(self) -> RealSet:
         if self.real is None:
@@ -84,8 +120,7 @@ class Evaluation:
 
     @cached_property
     def reference(self) -> Reference:
-        return reference(self.require_real(), self.extractor, n=self.opts.ref_n, batch=self.opts.batch,
-                         progress=self.bar)
+        return self.reference_for(self.default_features)
 
     @cached_property
     def z(self) -> torch.Tensor:
@@ -99,10 +134,7 @@ class Evaluation:
 
     @cached_property
     def fake(self) -> FT.Features:
-        images = FT.generate(self._G(), self.z, batch=self.opts.batch, device=self.device)
-        if "fake_images" in self.__dict__:  # already generated: reuse rather than run G again
-            images = self.fake_images.split(self.opts.batch)
-        return FT.extract(self.extractor, images, self.opts.n, progress=self.bar, description="generated features")
+        return self.fake_for(self.default_features)
 
     @cached_property
     def real_images(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,30 +152,73 @@ class Evaluation:
 
     # ------------------------------------------------------------ results
     def provenance(self, *, with_reference: bool = True, with_extractor: bool = True) -> dict[str, Any]:
-        """Everything a reader needs to interpret the numbers."""
+        """Everything a reader needs to interpret the numbers (the extractors and references actually used)."""
         prov: dict[str, Any] = {"n": self.opts.n, "seed": self.opts.seed}
         if self.ckpt is not None:
             prov.update(checkpoint=str(self.ckpt), step=self.state.get("step"), generator=self.generator_name)
+        refs: dict[str, Reference] = self.__dict__.get("_references", {})
         if with_reference and self.real is not None:
-            ref = self.reference
+            ref = next(iter(refs.values()), None) or self.reference
             prov["reference"] = {**self.real.describe(), "n": ref.n, "cached": ref.cached,
                                  "skipped": ref.meta.get("skipped", 0)}
+        used: dict[str, Any] = self.__dict__.get("_extractors", {})
+        if with_extractor and not used:
+            used = {self.default_features: self.extractor}
         if with_extractor:
-            prov["extractor"] = self.extractor.name
             res = self.resolution if self.ckpt is not None else self.require_real().resolution
-            prov["resize"] = f"{FT.RESIZE_MODE} {res}->{FT.INPUT_SIZE}"
+            from flowergan_eval.stats import resize_of
+
+            prov["extractor"] = "; ".join(e.name for e in used.values())
+            prov["resize"] = "; ".join(resize_of(e, res) for e in used.values())
+            prov["extractors"] = {spec: e.name for spec, e in used.items()}
         return prov
 
-    def metrics(self, bases: list[str]) -> dict[str, float]:
-        """Registered metrics (fid, kid, is, prdc) of n generated images against the reference set."""
+    def mode_predictions(self, oracle_dir: str | None = None, train: bool = False) -> tuple[dict, dict[str, Any]]:
+        """The mode oracle's reading of the n generated images: ({"modes", "num_modes"}, oracle info)."""
+        cache = self.__dict__.setdefault("_modes", {})
+        if oracle_dir not in cache:
+            from flowergan_eval import oracle as O
+
+            if oracle_dir:
+                model, info = O.load(Path(oracle_dir))
+                path = Path(oracle_dir)
+            elif self.real is None:
+                raise UserError("modes needs the oracle: pass --data SYNTH_SHARDS (its trained oracle) or --oracle DIR")
+            elif train or (O.default_dir(self.real) / "oracle.json").is_file():
+                model, info, path = O.ensure(self.real)
+            else:
+                raise UserError(f"no oracle trained on {self.real.path} yet: run `flowergan-eval oracle train --data "
+                                f"{self.real.path}` (or pass --oracle DIR)")
+            pred = model.predict(self.fake_images).numpy()
+            cache[oracle_dir] = ({"modes": pred, "num_modes": int(info["num_modes"])},
+                                 {**info, "path": str(path)})
+        return cache[oracle_dir]
+
+    def metrics(self, bases: list[str], *, oracle_dir: str | None = None, min_count: int = 0) -> dict[str, float]:
+        """Registered metrics of n generated images, each in its extractor's features (`self.extractor_of` names
+        the extractor of every key)."""
         out: dict[str, float] = {}
-        gen = self.fake.as_dict()
+        names: dict[str, str] = self.__dict__.setdefault("extractor_of", {})
         for base in bases:
-            ref = self.reference.as_dict() if M.REGISTRY[base].needs_real else None
+            entry = M.REGISTRY[base]
+            if entry.features == "oracle":
+                gen, info = self.mode_predictions(oracle_dir)
+                ref, label = None, f"mode oracle {info['path']} (held-out accuracy {info['accuracy']:.2%})"
+            else:
+                spec = self.opts.features or entry.features
+                gen = self.fake_for(spec).as_dict()
+                ref = self.reference_for(spec).as_dict() if entry.needs_real else None
+                label = self.extractor_for(spec).name
             try:
-                out.update(M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED, device=self.device))
+                values = M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED, device=self.device,
+                                   min_count=min_count)
+            except KeyError:
+                raise UserError(f"{base} needs class logits, which --features {self.opts.features} does not "
+                                "give; use --features inception or synth") from None
             except ValueError as e:  # too few images for the metric: the user's numbers, so the user's error
                 raise UserError(f"{base}: {e}; raise --n (generated) or --ref-n (real)") from None
+            out.update(values)
+            names.update({k: label for k in values})
         return out
 
     def diversity(self, n_pairs: int = 1000) -> dict[str, Any]:
@@ -179,22 +254,81 @@ def _has_ema(ckpt: Path) -> bool:
 
 
 # ---------------------------------------------------------------- for the training loop
-def in_training_metric(G: nn.Module, *, nz: int, metric: str, n: int, data: str, device: str | torch.device,
-                       inception_weights: str | None, seed: int = 0) -> dict[str, float]:
-    """FID or KID of n samples of G against `data`, e.g. {"kid1k": 0.012, "kid1k/std": 0.001}.
+_ANNOUNCED: set[str] = set()
 
-    Lower is better for both; the first key is the headline number (the loop keeps `best` by it). G is put
-    in eval mode for sampling and restored; the global RNGs are not touched (z comes from its own seed).
+
+def _samples(G: nn.Module, nz: int, n: int, seed: int, device: torch.device) -> list[torch.Tensor]:
+    """n uint8 samples of G in eval mode (restored after); z from its own seed, so the global RNGs are untouched."""
+    return list(FT.generate(unwrap(G), FT.latents(n, nz, seed), batch=64, device=device))
+
+
+def registry_scores(base: str, images: list[torch.Tensor], real: RealSet, *, device: torch.device,
+                    inception_weights: str | None = None, features: str = "") -> tuple[dict[str, float], str]:
+    """One registry metric of generated uint8 batches against `real`, and the name of what read the images.
+
+    Feature metrics use `features` (or the metric's own extractor); the mode metrics use the mode oracle. SynthNet
+    and the oracle are trained on `real` and cached the first time they are needed, so nothing is downloaded.
     """
-    if metric not in ("fid", "kid"):
-        raise UserError(f"eval.metric: {metric!r} is not allowed; choose fid or kid")
+    if base not in M.REGISTRY:
+        raise UserError(f"eval.metric: {base!r} is not a registered metric; one of: {', '.join(M.REGISTRY)}")
+    entry = M.REGISTRY[base]
+    n = sum(len(x) for x in images)
+    gen: dict[str, Any]
+    if entry.features == "oracle":
+        from flowergan_eval import oracle as O
+
+        model, info, path = O.ensure(real)
+        gen = {"modes": model.predict(torch.cat([x.cpu() for x in images])).numpy(),
+               "num_modes": int(info["num_modes"])}
+        ref, label = None, f"mode oracle {path} (held-out accuracy {info['accuracy']:.2%})"
+    else:
+        from flowergan_eval.extractors import load_extractor
+
+        extractor = load_extractor(features or entry.features, real=real, device=device,
+                                   inception_weights=inception_weights)
+        gen = FT.extract(extractor, images, n).as_dict()
+        ref = reference(real, extractor).as_dict() if entry.needs_real else None
+        label = extractor.name
+    out = M.compute(base, n, gen, ref, device=device)
+    # The loop logs every key: constants (the subset size, the number of modes) would only clutter the logs.
+    return {k: float(v) for k, v in out.items() if not k.endswith(("/subset_size", "/of"))}, label
+
+
+def in_training_metric(G: nn.Module, *, nz: int, metric: str, n: int, data: str, device: str | torch.device,
+                       inception_weights: str | None, seed: int = 0, features: str = "") -> dict[str, float]:
+    """Any registry metric of n samples of G against `data`, e.g. {"kid1k": 0.012, "kid1k/std": 0.001}.
+
+    `M.best_key(metric, n)` names the score that picks "best" and the registry says its direction. The extractor
+    (or oracle) is named on stderr the first time, since the scores themselves are plain numbers.
+    """
     dev = pick_device(device)
-    extractor = FT.load_inception(inception_weights or None, device=dev)
-    ref = reference(open_real(data), extractor)
-    z = FT.latents(n, nz, seed)
-    feats = FT.extract(extractor, FT.generate(unwrap(G), z, batch=64, device=dev), n)
-    out = M.compute(metric, n, feats.as_dict(), ref.as_dict(), device=dev)
-    return {k: v for k, v in out.items() if not k.endswith("/subset_size")}  # the loop logs every key
+    real = open_real(data)
+    scores, label = registry_scores(metric, _samples(G, nz, n, seed, dev), real, device=dev,
+                                    inception_weights=inception_weights, features=features)
+    key = M.best_key(metric, n)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"eval: {key} ({'lower' if M.REGISTRY[metric].lower_is_better else 'higher'} is better) read by "
+              f"{label}, against {real.path}", file=sys.stderr)
+    return scores
+
+
+def synth_scores(G: nn.Module, *, nz: int, n: int, data: str, device: str | torch.device, seed: int = 0
+                 ) -> dict[str, float]:
+    """synth-FD, modes covered and KL(modes || uniform) of n samples of G on SynthFlowers shards `data`.
+
+    Keys: "synth_fd<n>" (also under its registry name, e.g. "synth_fd1k"), "modes_covered", "modes_kl",
+    "modes_of". SynthNet and the mode oracle are trained on `data` and cached if they are not yet.
+    """
+    dev = pick_device(device)
+    real = open_real(data)
+    images = _samples(G, nz, n, seed, dev)
+    fd, _ = registry_scores("synth_fd", images, real, device=dev)
+    modes, _ = registry_scores("modes", images, real, device=dev)
+    c = M.count_suffix(n)
+    return {f"synth_fd{n}": fd[f"synth_fd{c}"], f"synth_fd{c}": fd[f"synth_fd{c}"],
+            "modes_covered": modes[f"modes{c}/covered"], "modes_kl": modes[f"modes{c}/kl_uniform"],
+            "modes_of": float(real.num_classes)}
 
 
 @dataclass(frozen=True)
@@ -208,19 +342,21 @@ class InTrainingEval:
     inception_weights: str | None
     nz: int
     seed: int
+    features: str = ""  # "" = the metric's own extractor
 
     @property
     def best_key(self) -> str:
-        """The score that picks the best checkpoint, e.g. kid1k."""
-        return M.metric_name(self.metric, self.n)
+        """The score that picks the best checkpoint, e.g. kid1k or modes1k/covered."""
+        return M.best_key(self.metric, self.n)
 
     @property
     def lower_is_better(self) -> bool:
-        return True  # FID and KID are distances
+        """The registry's direction of the metric (distances and KL: lower; modes covered: higher)."""
+        return M.REGISTRY[self.metric].lower_is_better
 
     def __call__(self, G: nn.Module, device: torch.device) -> dict[str, float]:
         return in_training_metric(G, nz=self.nz, metric=self.metric, n=self.n, data=self.data, device=device,
-                                  inception_weights=self.inception_weights, seed=self.seed)
+                                  inception_weights=self.inception_weights, seed=self.seed, features=self.features)
 
 
 def in_training_evaluator(cfg: Config) -> InTrainingEval | None:
@@ -229,7 +365,7 @@ def in_training_evaluator(cfg: Config) -> InTrainingEval | None:
         return None
     return InTrainingEval(metric=cfg.eval.metric, n=cfg.eval.n, data=cfg.eval.data or cfg.data.path,
                           inception_weights=cfg.eval.inception_weights or None, nz=cfg.model.nz,
-                          seed=cfg.train.seed)
+                          seed=cfg.train.seed, features=cfg.eval.features)
 
 
 def to_json(result: dict[str, Any]) -> str:

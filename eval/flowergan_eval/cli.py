@@ -23,7 +23,8 @@ def _root(version: bool = version_option("flowergan-eval")) -> None:
     self-contained HTML report."""
 
 
-oracle_app = typer.Typer(no_args_is_help=True, help="The SynthFlowers mode classifier used by `modes`.")
+oracle_app = typer.Typer(no_args_is_help=True, help="The SynthFlowers mode classifier used by `modes` and SynthNet, "
+                                                     "the CNN whose features `synth_fd` uses.")
 app.add_typer(oracle_app, name="oracle")
 
 # Options shared by the commands (Annotated aliases keep each signature one line per option).
@@ -41,14 +42,19 @@ Weights = Annotated[str | None, typer.Option("--inception-weights", help="FID In
                                                                          "or a verified download).")]
 RefN = Annotated[int, typer.Option("--ref-n", help="Real images in the reference set (0 = all).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+Features = Annotated[str, typer.Option("--features", help="Feature extractor: inception (FID's, needs its weights), "
+                                                          "synth (SynthNet, trained on --data on first use), or "
+                                                          "PATH: a TorchScript file, NAME=STATE_DICT of a "
+                                                          "torchvision architecture, or a SynthNet directory. "
+                                                          "Default: the metric's own.")]
 
 
 def _options(data: str, n: int, batch: int, device: str, raw: bool, seed: int, weights: str | None, ref_n: int,
-             progress: bool):
+             progress: bool, features: str = ""):
     from flowergan_eval.api import Options
 
     return Options(data=data, n=n, batch=batch, device=device, raw=raw, seed=seed, inception_weights=weights,
-                   ref_n=ref_n, progress=progress)
+                   ref_n=ref_n, progress=progress, features=features)
 
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
@@ -62,33 +68,35 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _metric_command(name: str) -> Callable[..., None]:
-    """The command for one registered metric: `flowergan-eval fid|kid|is|prdc` all come from the registry."""
+    """The command for one registered feature metric: `flowergan-eval fid|kid|is|prdc|synth_fd` all come from the
+    registry (its mode metrics are the `modes` command)."""
 
     def command(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
                 raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
-                ref_n: RefN = 0, progress: Progress = True) -> None:
+                ref_n: RefN = 0, progress: Progress = True, features: Features = "") -> None:
         from flowergan_eval.commands import run_metric
 
-        opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+        opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress, features)
         _emit(run_metric(name, ckpt, opts), json)
 
     command.__doc__ = REGISTRY[name].doc
     return command
 
 
-for _name in REGISTRY:
-    app.command(_name)(_metric_command(_name))
+for _name, _metric in REGISTRY.items():
+    if _metric.features != "oracle":
+        app.command(_name)(_metric_command(_name))
 
 
 @app.command()
 def diversity(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
               raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
-              ref_n: RefN = 0, progress: Progress = True,
+              ref_n: RefN = 0, progress: Progress = True, features: Features = "",
               pairs: Annotated[int, typer.Option("--pairs", help="Random image pairs for MS-SSIM.")] = 1000) -> None:
     """Mode collapse: MS-SSIM (generated vs real), NDB + JS over 100 k-means bins, near duplicates, memorisation."""
     from flowergan_eval.commands import run_diversity
 
-    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress, features)
     _emit(run_diversity(ckpt, opts, pairs=pairs), json)
 
 
@@ -122,13 +130,13 @@ def latent(ckpt: Ckpt, data: Data = "", n: N = 500, batch: Batch = 64, device: D
 
 @app.command()
 def stats(data: Data = "", batch: Batch = 64, device: Device = "auto", json: Json = False,
-          inception_weights: Weights = None, ref_n: RefN = 0, progress: Progress = True,
+          inception_weights: Weights = None, ref_n: RefN = 0, progress: Progress = True, features: Features = "",
           recompute: Annotated[bool, typer.Option("--recompute", help="Ignore the cache and recompute.")] = False
           ) -> None:
     """Reference statistics of the real shards, cached by (data fingerprint, resolution, extractor, resize)."""
     from flowergan_eval.commands import run_stats
 
-    opts = _options(data, 2, batch, device, False, 0, inception_weights, ref_n, progress)
+    opts = _options(data, 2, batch, device, False, 0, inception_weights, ref_n, progress, features)
     _emit(run_stats(opts, recompute=recompute), json)
 
 
@@ -162,12 +170,16 @@ def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device
 def oracle_train(data: Data = "", json: Json = False, progress: Progress = True,
                  out: Annotated[Path | None, typer.Option("--out", help="Where to save it (default: the cache, "
                                                                         "keyed by the data fingerprint).")] = None,
-                 epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 40,
+                 epochs: Annotated[int, typer.Option("--epochs", help="Training epochs of the mode oracle.")] = 40,
+                 cnn_epochs: Annotated[int, typer.Option("--cnn-epochs", help="Training epochs of SynthNet, the "
+                                                                              "CNN whose features synth_fd "
+                                                                              "uses (0 = skip it).")] = 5,
                  seed: Seed = 0) -> None:
-    """Train the mode classifier on SynthFlowers shards; reports its held-out accuracy (needs >= 99 %)."""
+    """Train the mode classifier and SynthNet (synth_fd's features) on SynthFlowers shards; reports their
+    held-out accuracy (the mode oracle needs >= 99 %)."""
     from flowergan_eval.commands import run_oracle_train
 
-    result = run_oracle_train(data, out=out, epochs=epochs, seed=seed, show_progress=progress)
+    result = run_oracle_train(data, out=out, epochs=epochs, seed=seed, show_progress=progress, cnn_epochs=cnn_epochs)
     _emit(result, json)
     if not result["ok"]:
         raise typer.Exit(1)

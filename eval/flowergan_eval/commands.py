@@ -24,15 +24,18 @@ from flowergan_eval.ui import progress
 
 
 def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
-    """fid, kid, is or prdc of n generated images."""
+    """One registered feature metric (fid, kid, is, prdc, synth_fd) of n generated images."""
     metric = M.REGISTRY[base]
     if metric.needs_real and not opts.data:
         raise UserError(f"{base} compares with real images: pass --data SHARDS")
+    if (opts.features or metric.features) == "synth" and not opts.data:
+        raise UserError(f"{base} with SynthNet features: pass --data SYNTH_SHARDS (SynthNet is trained on them)")
     with progress(opts.progress) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         values = ev.metrics([base])
         prov = ev.provenance(with_reference=metric.needs_real)
-    return {"command": base, "metrics": values, "provenance": prov, "notes": notes_for(values)}
+    return {"command": base, "metrics": values, "provenance": prov, "notes": notes_for(values),
+            "extractor_of": dict(ev.extractor_of)}
 
 
 NOTES = {
@@ -52,7 +55,10 @@ NOTES = {
     "memorisation/nn_ratio": "median NN distance to training images / real images' own; << 1 = copying",
     "memorisation/nn_dist_median": "median Inception distance of a sample to its nearest training image",
     "modes/covered": "modes with enough samples, read by the SynthFlowers oracle",
+    "modes/of": "modes of the data set",
     "modes/kl_uniform": "KL(generated mode distribution || uniform) in nats; 0 = all modes equally often",
+    "modes_kl/covered": "modes with enough samples, read by the SynthFlowers oracle",
+    "modes_kl/of": "modes of the data set",
     **{base: m.doc for base, m in M.REGISTRY.items()},
 }
 
@@ -82,46 +88,32 @@ def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]
             "details": {**{k: v for k, v in d.items() if k != "closest"}, "closest": closest}}
 
 
-def _load_oracle(ev: Evaluation, oracle_dir: str | None) -> tuple[O.Oracle, dict[str, Any], Path]:
-    if oracle_dir:
-        path = Path(oracle_dir)
-    elif ev.real is not None:
-        path = O.default_dir(ev.real)
-        if not (path / "oracle.json").is_file():
-            raise UserError(f"no oracle trained on {ev.real.path} yet: run `flowergan-eval oracle train --data "
-                            f"{ev.real.path}` (or pass --oracle DIR)")
-    else:
-        raise UserError("modes needs the oracle: pass --data SYNTH_SHARDS (its trained oracle) or --oracle DIR")
-    model, info = O.load(path)
-    return model, info, path
-
-
 def mode_counts(ev: Evaluation, oracle_dir: str | None, min_count: int) -> dict[str, Any]:
     """Oracle-read modes of the n generated images (shared by `modes` and `report`)."""
-    model, info, path = _load_oracle(ev, oracle_dir)
-    pred = model.predict(ev.fake_images).numpy()
-    k = int(info["num_modes"])
-    threshold = min_count or O.default_min_count(ev.opts.n, k)
-    stats = O.mode_stats(pred, k, threshold)
-    stats.update(oracle=str(path), oracle_accuracy=info["accuracy"], classes=info.get("classes"))
+    gen, info = ev.mode_predictions(oracle_dir)
+    k = int(gen["num_modes"])
+    stats = M.mode_stats(gen["modes"], k, min_count or M.default_min_count(ev.opts.n, k))
+    stats.update(oracle=info["path"], oracle_accuracy=info["accuracy"], classes=info.get("classes"))
     return stats
 
 
 def run_modes(ckpt: str, opts: Options, oracle_dir: str | None = None, min_count: int = 0) -> dict[str, Any]:
-    """Modes covered and KL to uniform, for a G trained on SynthFlowers."""
+    """Modes covered and KL to uniform (the registry's `modes`), for a G trained on SynthFlowers."""
     with progress(opts.progress) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
+        metrics = ev.metrics(["modes"], oracle_dir=oracle_dir, min_count=min_count)
         s = mode_counts(ev, oracle_dir, min_count)
     n_suffix = M.count_suffix(opts.n)
     prov = {**ev.provenance(with_reference=False, with_extractor=False), "oracle": s["oracle"],
-            "oracle_accuracy": s["oracle_accuracy"], "min_count": s["min_count"]}
-    metrics = {f"modes{n_suffix}/covered": s["covered"], f"modes{n_suffix}/of": s["num_modes"],
-               f"modes{n_suffix}/kl_uniform": s["kl_uniform"]}
+            "oracle_accuracy": s["oracle_accuracy"], "min_count": s["min_count"],
+            "extractor": ev.extractor_of[f"modes{n_suffix}/covered"]}
     notes = {f"modes{n_suffix}/covered": f"modes with >= {s['min_count']} of the samples (oracle accuracy "
                                          f"{s['oracle_accuracy']:.2%})",
              f"modes{n_suffix}/kl_uniform": "KL(generated mode distribution || uniform) in nats; 0 = all modes "
                                             "equally often"}
-    return {"command": "modes", "metrics": metrics, "provenance": prov, "notes": notes,
+    return {"command": "modes", "metrics": {k: int(v) if k.endswith(("/covered", "/of")) else v
+                                            for k, v in metrics.items()},
+            "provenance": prov, "notes": notes, "extractor_of": dict(ev.extractor_of),
             "counts": dict(zip(s["classes"] or [str(i) for i in range(s["num_modes"])], s["counts"]))}
 
 
@@ -202,29 +194,44 @@ def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
             "messages": [f"statistics {'reused from' if ref.cached else 'written to'} {where}"]}
 
 
-def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, show_progress: bool = True
-                     ) -> dict[str, Any]:
-    """Train and save the SynthFlowers oracle; `ok` says whether it reached 99 % held-out accuracy."""
+def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, show_progress: bool = True,
+                     cnn_epochs: int = 5) -> dict[str, Any]:
+    """Train and save the SynthFlowers mode oracle and SynthNet (synth_fd's features) into one directory; `ok`
+    says whether the oracle reached 99 % held-out accuracy."""
+    from flowergan_eval import synthnet as SN
     from flowergan_eval.real import open_real
 
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: must be >= 1")
+    if cnn_epochs < 0:
+        raise UserError(f"--cnn-epochs {cnn_epochs}: must be >= 0 (0 = the mode oracle only)")
     real = open_real(data)
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    infos: dict[str, dict[str, Any]] = {}
     with progress(show_progress) as bar:
         model, info = O.train(real, epochs=epochs, seed=seed, progress=bar)
-    path = O.save(model, info, out or O.default_dir(real))
+        weights["oracle.safetensors"] = {k: v.contiguous() for k, v in model.state_dict().items()}
+        infos["oracle.json"] = info
+        if cnn_epochs:
+            net, net_info = SN.train(real, epochs=cnn_epochs, seed=seed, progress=bar)
+            weights[SN.WEIGHTS], infos[SN.INFO] = SN.tensors(net), net_info
+    path = O.save_files(out or O.default_dir(real), weights, infos)
+    net_info = infos.get(SN.INFO, {})
     ok = info["accuracy"] >= O.MIN_ACCURACY
     verdict = ("fit for `flowergan-eval modes`" if ok else "BELOW 99 %: mode counts would be unreliable; train on "
                "more images (`flowergan data synth --n 8192`) or more --epochs")
     return {"command": "oracle train", "ok": ok,
-            "metrics": {"accuracy": info["accuracy"], "worst_mode_accuracy": info["worst_mode_accuracy"]},
+            "metrics": {"accuracy": info["accuracy"], "worst_mode_accuracy": info["worst_mode_accuracy"],
+                        **({"synthnet_accuracy": net_info["accuracy"]} if net_info else {})},
             "provenance": {"n": info["n_test"], "trained_on": f"{real.path}: {info['n_train']} images for training, "
                            f"the last {info['n_test']} (manifest order) held out for the accuracy; "
                            f"{info['num_modes']} modes, fingerprint {real.fingerprint}"},
             "notes": {"accuracy": f"held-out images classified correctly ({verdict})",
-                      "worst_mode_accuracy": "the same, for the hardest mode"},
+                      "worst_mode_accuracy": "the same, for the hardest mode",
+                      "synthnet_accuracy": "SynthNet's held-out accuracy (its features define synth_fd; it reads "
+                                           "hue well and petal count partly, which is all FD needs)"},
             "path": str(path), "oracle": {k: v for k, v in info.items() if k != "classes"},
-            "messages": [f"oracle saved to {path}"]}
+            "synthnet": net_info, "messages": [f"{'oracle and SynthNet' if net_info else 'oracle'} saved to {path}"]}
 
 
 def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:

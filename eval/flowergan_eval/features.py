@@ -201,32 +201,34 @@ def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
 # ---------------------------------------------------------------- feature loops
 @dataclass
 class Features:
-    """Inception outputs of a set of images: pool3 [N, 2048] and logits [N, 1008], float32 numpy."""
+    """An extractor's outputs for a set of images: features [N, D] ("pool") and, where the network classifies,
+    logits [N, K]; float32 numpy."""
 
     pool: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.pool)
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {"pool": self.pool, "logits": self.logits}
+        return {"pool": self.pool} if self.logits is None else {"pool": self.pool, "logits": self.logits}
 
 
-def extract(extractor: InceptionExtractor, batches: Iterable[torch.Tensor], total: int, *,
+def extract(extractor: Any, batches: Iterable[torch.Tensor], total: int, *,
             progress=None, description: str = "features") -> Features:
-    """Run the extractor over uint8 batches; `progress` is a rich Progress (or None)."""
+    """Run an extractor (uint8 batch -> (features, logits or None)) over batches; `progress` is a rich Progress."""
     pools, logits = [], []
     task = progress.add_task(description, total=total) if progress is not None else None
     for images in batches:
         p, lg = extractor(images)
         pools.append(p.cpu())
-        logits.append(lg.cpu())
+        if lg is not None:
+            logits.append(lg.cpu())
         if task is not None:
             progress.advance(task, len(images))
     if not pools:
         raise ValueError("no images to extract features from")
-    return Features(torch.cat(pools).numpy(), torch.cat(logits).numpy())
+    return Features(torch.cat(pools).numpy(), torch.cat(logits).numpy() if len(logits) == len(pools) else None)
 
 
 # ---------------------------------------------------------------- G and D

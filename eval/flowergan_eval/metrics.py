@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,6 +177,22 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K, chunk: int = 1024)
     }
 
 
+# ---------------------------------------------------------------- modes (SynthFlowers)
+def default_min_count(n: int, k: int) -> int:
+    """A mode counts as covered with >= 10 % of its uniform share of samples (and at least 2)."""
+    return max(2, math.ceil(0.1 * n / k))
+
+
+def mode_stats(pred: np.ndarray, k: int, min_count: int) -> dict[str, Any]:
+    """Modes covered (>= min_count samples) and KL(generated mode distribution || uniform) in nats."""
+    counts = np.bincount(np.asarray(pred, dtype=np.int64), minlength=k)[:k]
+    p = counts / max(1, counts.sum())
+    nz = p > 0
+    return {"covered": int((counts >= min_count).sum()), "num_modes": k,
+            "kl_uniform": float((p[nz] * np.log(p[nz] * k)).sum()), "counts": counts.tolist(),
+            "min_count": min_count}
+
+
 # ---------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Metric:
@@ -186,6 +203,8 @@ class Metric:
     lower_is_better: bool
     needs_real: bool
     compute: Callable[..., dict[str, float]]
+    features: str = "inception"  # the default extractor: inception, synth, or oracle (the mode classifier)
+    headline: str = ""  # the sub-result that picks the best checkpoint ("" = the metric's own number)
 
 
 def _fid_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
@@ -210,6 +229,17 @@ def _prdc_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
     return {f"/{k}": v for k, v in prdc(ref["pool"], gen["pool"], k=PRDC_K).items()}
 
 
+def _modes_entry(gen: dict, ref: dict | None = None, min_count: int = 0, **_: object) -> dict[str, float]:
+    pred, k = gen["modes"], int(gen["num_modes"])
+    s = mode_stats(pred, k, min_count or default_min_count(len(pred), k))
+    return {"/covered": float(s["covered"]), "/of": float(k), "/kl_uniform": s["kl_uniform"]}
+
+
+def _modes_kl_entry(gen: dict, ref: dict | None = None, **kwargs: Any) -> dict[str, float]:
+    s = _modes_entry(gen, ref, **kwargs)
+    return {"": s["/kl_uniform"], "/covered": s["/covered"], "/of": s["/of"]}
+
+
 REGISTRY: dict[str, Metric] = {
     "fid": Metric("fid", "Fréchet Inception Distance of n generated images against the real shards (pool3, "
                          "2048-d; lower is better).", True, True, _fid_entry),
@@ -218,7 +248,17 @@ REGISTRY: dict[str, Metric] = {
     "is": Metric("is", "Inception Score over 10 splits (higher is better; ImageNet classes, so only a rough guide "
                        "for flowers).", False, False, _is_entry),
     "prdc": Metric("prdc", f"Precision (fidelity), recall (diversity), density and coverage with k = {PRDC_K} "
-                           "nearest neighbours (higher is better).", False, True, _prdc_entry),
+                           "nearest neighbours (higher is better; coverage picks the best checkpoint).", False,
+                   True, _prdc_entry, headline="/coverage"),
+    "synth_fd": Metric("synth_fd", "Fréchet distance in the features of SynthNet, the small CNN `oracle train` "
+                                   "fits on SynthFlowers (128-d; no download; lower is better).", True, True,
+                       _fid_entry, features="synth"),
+    "modes": Metric("modes", "SynthFlowers modes covered (of 48, read by the mode oracle; higher is better), "
+                             "with KL(modes || uniform).", False, False, _modes_entry, features="oracle",
+                    headline="/covered"),
+    "modes_kl": Metric("modes_kl", "KL(generated SynthFlowers modes || uniform) in nats, read by the mode oracle "
+                                   "(0 = every mode equally often; lower is better).", True, False, _modes_kl_entry,
+                       features="oracle"),
 }
 
 
@@ -234,9 +274,14 @@ def metric_name(base: str, n: int) -> str:
     return base + count_suffix(n)
 
 
+def best_key(base: str, n: int) -> str:
+    """The score that picks the best checkpoint for a metric: 'kid1k', 'modes1k/covered'."""
+    return metric_name(base, n) + REGISTRY[base].headline
+
+
 def parse_metric_name(name: str) -> tuple[str, int]:
     """'fid10k' -> ('fid', 10000); 'kid500' -> ('kid', 500)."""
-    m = re.fullmatch(r"([a-z]+)(\d+)(k?)", name)
+    m = re.fullmatch(r"([a-z_]+?)(\d+)(k?)", name)
     if not m or m.group(1) not in REGISTRY:
         raise KeyError(f"not a metric name: {name!r} (expected e.g. fid10k, kid1k, is50k, prdc10k)")
     return m.group(1), int(m.group(2)) * (1000 if m.group(3) else 1)

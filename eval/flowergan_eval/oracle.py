@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flowergan.errors import UserError
+from flowergan_eval import metrics as M
 from flowergan_eval.real import RealSet, load_real
 from flowergan_eval.weights import cache_dir
 
@@ -164,22 +167,33 @@ def default_dir(real: RealSet) -> Path:
     return cache_dir() / "oracles" / (real.fingerprint or "unfingerprinted")
 
 
-def save(model: Oracle, info: dict[str, Any], out: Path) -> Path:
-    """Write oracle.safetensors + oracle.json into `out` atomically (a temporary directory, then a rename)."""
+def save_files(out: Path, weights: dict[str, dict[str, torch.Tensor]], infos: dict[str, dict[str, Any]]) -> Path:
+    """Write safetensors and JSON files into the directory `out` atomically (a temporary directory, then a
+    rename); files already there that are not rewritten (the other model of the directory) are kept."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "oracle.safetensors"))
-    (tmp / "oracle.json").write_text(json.dumps(info, indent=1))
+    if out.is_dir():
+        for f in out.iterdir():
+            if f.is_file() and f.name not in weights and f.name not in infos:
+                shutil.copy2(f, tmp / f.name)
+    for name, state in weights.items():
+        save_file(state, str(tmp / name))
+    for name, info in infos.items():
+        (tmp / name).write_text(json.dumps(info, indent=1))
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
     return out
+
+
+def save(model: Oracle, info: dict[str, Any], out: Path) -> Path:
+    """Write oracle.safetensors + oracle.json into `out` atomically (SynthNet's files there are kept)."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return save_files(out, {"oracle.safetensors": state}, {"oracle.json": info})
 
 
 def load(path: Path) -> tuple[Oracle, dict[str, Any]]:
@@ -196,17 +210,17 @@ def load(path: Path) -> tuple[Oracle, dict[str, Any]]:
     return model.eval(), info
 
 
-# ---------------------------------------------------------------- mode statistics (pure)
-def default_min_count(n: int, k: int) -> int:
-    """A mode counts as covered with >= 10 % of its uniform share of samples (and at least 2)."""
-    return max(2, math.ceil(0.1 * n / k))
+def ensure(real: RealSet, path: Path | None = None) -> tuple[Oracle, dict[str, Any], Path]:
+    """The mode oracle of `real` from its directory, trained and saved there first when it is missing."""
+    path = path or default_dir(real)
+    if not (path / "oracle.json").is_file():
+        print(f"training the mode oracle on {real.path} (saved to {path}; once per data set)", file=sys.stderr)
+        model, info = train(real)
+        save(model, info, path)
+    model, info = load(path)
+    return model, info, path
 
 
-def mode_stats(pred: np.ndarray, k: int, min_count: int) -> dict[str, Any]:
-    """Modes covered (>= min_count samples) and KL(generated mode distribution || uniform) in nats."""
-    counts = np.bincount(np.asarray(pred, dtype=np.int64), minlength=k)[:k]
-    p = counts / max(1, counts.sum())
-    nz = p > 0
-    return {"covered": int((counts >= min_count).sum()), "num_modes": k,
-            "kl_uniform": float((p[nz] * np.log(p[nz] * k)).sum()), "counts": counts.tolist(),
-            "min_count": min_count}
+# The mode statistics are pure functions of the predicted modes; they live with the other metrics.
+default_min_count = M.default_min_count
+mode_stats = M.mode_stats

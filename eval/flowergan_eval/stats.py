@@ -76,11 +76,17 @@ def _load(path: Path) -> Reference | None:
         return None
 
 
-def reference(real: RealSet, extractor: FT.InceptionExtractor, *, n: int = 0, batch: int = 64,
+def resize_of(extractor: Any, resolution: int) -> str:
+    """How an extractor resizes the images it reads (part of the cache key and of every number's provenance)."""
+    return str(getattr(extractor, "resize", None) or f"{FT.RESIZE_MODE} {resolution}->{FT.INPUT_SIZE}")
+
+
+def reference(real: RealSet, extractor: Any, *, n: int = 0, batch: int = 64,
               progress=None, use_cache: bool = True, recompute: bool = False) -> Reference:
     """Features and statistics of the first `n` real images (0 = all), from the cache when possible."""
     n_used = count(real, n)
-    key = cache_key(real.fingerprint, real.resolution, extractor.weights_sha256, FT.RESIZE_MODE, n_used)
+    resize = resize_of(extractor, real.resolution)
+    key = cache_key(real.fingerprint, real.resolution, extractor.weights_sha256, resize.split(" ")[0], n_used)
     path = stats_path(key)
     if use_cache and not recompute:
         if key in _MEMORY:
@@ -94,8 +100,7 @@ def reference(real: RealSet, extractor: FT.InceptionExtractor, *, n: int = 0, ba
                        progress=progress, description="real features")
     mu, sigma = M.feature_stats(feats.pool)
     meta = {**real.describe(), "n": len(feats), "skipped": len(real.skipped), "extractor": extractor.name,
-            "weights_sha256": extractor.weights_sha256, "resize": f"{FT.RESIZE_MODE} {real.resolution}->"
-            f"{FT.INPUT_SIZE}", "key": key}
+            "weights_sha256": extractor.weights_sha256, "resize": resize, "key": key}
     ref = Reference(feats.pool, mu, sigma, meta, path=None, cached=False)
     # Without a fingerprint (a hand-made manifest) the contents are unknown, so nothing is cached.
     if use_cache and real.fingerprint:

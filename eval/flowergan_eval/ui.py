@@ -65,11 +65,15 @@ def print_result(result: dict[str, Any], *, console: Console | None = None) -> N
         table.add_column("metric")
         table.add_column("value", justify="right")
         table.add_column("N", justify="right")
+        read_by = result.get("extractor_of") or {}
+        if read_by:  # every number names the network that read the images
+            table.add_column("extractor")
         table.add_column("meaning")
         notes = result.get("notes", {})
         n = result.get("provenance", {}).get("n", "")
         for name, value in metrics.items():
-            table.add_row(*(Text(c) for c in (name, fmt(value), fmt(n), notes.get(name, ""))))
+            cells = [name, fmt(value), fmt(n)] + ([read_by.get(name, "")] if read_by else []) + [notes.get(name, "")]
+            table.add_row(*(Text(c) for c in cells))
         console.print(table)
     for line in result.get("messages", []):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
