@@ -124,8 +124,8 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
         last = train(cfg)
         train_s = time.perf_counter() - t0
         (run_dir / "train.json").write_text(json.dumps({"train_s": train_s, **last}))
-    G, _ = load_generator(run_dir, ema=cfg.train.ema)
-    G = for_sampling(G, cfg.model.g_sample_bn).eval()
+    trained, _ = load_generator(run_dir, ema=cfg.train.ema)
+    G = for_sampling(trained, cfg.model.g_sample_bn).eval()  # the network the loop's grids and exports use
     with torch.no_grad():
         z = torch.randn(64, cfg.model.nz, generator=torch.Generator().manual_seed(args.seed))
         grid = visuals.to_grid(G(z))
