@@ -33,7 +33,7 @@ import torch
 
 from flowergan import visuals
 from flowergan.config import Config, load_config, parse_override
-from flowergan.generation import for_sampling, generate
+from flowergan.generation import for_sampling, iter_samples
 from flowergan.train.checkpoint import load_generator, step_dir_name
 from flowergan.train.loop import train
 
@@ -82,31 +82,18 @@ def real_shards(path: str, out: Path) -> str:
 
 
 def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> dict[str, float]:
-    """synth-FD, modes covered and KL (SynthFlowers), via the eval package; what does not apply is left out."""
-    out: dict[str, float] = {}
-    try:
-        from flowergan_eval.api import synth_scores  # type: ignore[attr-defined]
-    except ImportError:
-        synth_scores = None
-    if synth_scores is not None:
-        s = synth_scores(G, nz=cfg.model.nz, n=n, data=data, device="cpu", seed=0)
-        out.update({k: float(v) for k, v in s.items() if isinstance(v, (int, float))})
-        if not synth:  # the oracle's modes mean nothing on photos
-            out = {k: v for k, v in out.items() if not k.startswith("modes")}
-    if synth and "modes_covered" not in out:
-        out.update(oracle_modes(G, data, n))
-    return out
+    """SynthFlowers: synth-FD, modes covered and KL (`flowergan_eval.api.synth_scores`). Photos: FD in the features
+    of the SynthNet the eval package trains on the photos' classes (the oracle's modes mean nothing there)."""
+    from flowergan_eval import api
 
-
-def oracle_modes(G: torch.nn.Module, data: str, n: int) -> dict[str, float]:
-    """Modes covered and KL to uniform as `flowergan-eval modes` reads them (the oracle trained on `data`)."""
-    from flowergan_eval import oracle as O
+    if synth:
+        s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device="cpu", seed=0)
+        return {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
     from flowergan_eval.real import open_real
 
-    model, info = O.load(O.default_dir(open_real(data)))
-    k = int(info["num_modes"])
-    s = O.mode_stats(model.predict(generate(G, n, seed=0)).numpy(), k, O.default_min_count(n, k))
-    return {"modes_covered": s["covered"], "modes_of": k, "modes_kl": s["kl_uniform"]}
+    images = list(iter_samples(G, n, seed=0))
+    fd, label = api.registry_scores("synth_fd", images, open_real(data), device=torch.device("cpu"))
+    return {k.replace("synth_fd", "fd_synthnet_photos"): v for k, v in fd.items()}
 
 
 def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth: bool) -> dict[str, Any]:
@@ -201,17 +188,22 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
     print(f"data {data}, {args.steps} G steps of batch {args.batch}, ngf = ndf = {args.ngf}, n = {args.n} samples")
     for name, row in rows.items():
-        fd = next((f"{k} {v:.3f}" for k, v in row.items() if k.startswith("synth_fd")), "synth-FD not available")
-        modes = (f"modes {row['modes_covered']}/{row.get('modes_of', 48)}, KL {row['modes_kl']:.3f} nats, "
+        key, value = _fd(row)
+        fd = f"{key} {value:.1f}" if key else "FD not available"
+        modes = (f"modes {row['modes_covered']:.0f}/{row.get('modes_of', 48):.0f}, KL {row['modes_kl']:.3f} nats, "
                  if "modes_covered" in row else "")
         print(f"{name:10s} {modes}{fd}  ({row['train_s']:.0f} s training, {row['img_per_s']:.0f} img/s)")
     if len(rows) == 2:
-        paths = [out / f"quality-{args.tag + '-' if args.tag else ''}{n}.png" for n in names]
-        side_by_side(paths, out / f"quality-{args.tag + '-' if args.tag else ''}side-by-side.png")
-        fds = [next((v for k, v in rows[n].items() if k.startswith("synth_fd")), None) for n in names]
-        if all(fd is not None for fd in fds) and "tutorial" in rows and "flowergan" in rows:
-            t, f = (next(v for k, v in rows[n].items() if k.startswith("synth_fd")) for n in ("tutorial", "flowergan"))
-            print(f"quality ratio={f / t:.3f}")
+        tag = args.tag + "-" if args.tag else ""
+        side_by_side([out / f"quality-{tag}{n}.png" for n in names], out / f"quality-{tag}side-by-side.png")
+        print(f"grids: {out}/quality-{tag}{{{','.join(names)},side-by-side}}.png (left to right: {', '.join(names)})")
+        if {"tutorial", "flowergan"} <= set(rows) and _fd(rows["tutorial"])[0]:
+            print(f"quality ratio={_fd(rows['flowergan'])[1] / _fd(rows['tutorial'])[1]:.3f}")
+
+
+def _fd(row: dict[str, Any]) -> tuple[str, float]:
+    """The row's Fréchet distance (synth-FD, or the photos' FD) as (name, value); ("", nan) without one."""
+    return next(((k, float(v)) for k, v in row.items() if k.startswith(("synth_fd", "fd_"))), ("", float("nan")))
 
 
 if __name__ == "__main__":
