@@ -60,6 +60,11 @@ class ModelConfig:
     d_input_dropout: float = _f(0.0, "dropout on D's input image (variants use 0.5)", lo=0.0, hi=0.9)
     d_head: str = _f("conv", "D's last layer: 4x4 conv or flatten + linear", choices=("conv", "dense"))
     spectral_norm: bool = _f(False, "spectral normalisation on D's convolutions")
+    d_pack: int = _f(1, "PacGAN packing: D judges m samples at once, concatenated on channels (1 = off); "
+                     "the per-rank batch must divide by it", lo=1, hi=8)
+    g_sample_bn: str = _f("eval", "G's BatchNorm when sampling: eval = the running statistics of training; "
+                          "batch = statistics recomputed from G's own batches of z (then eval mode)",
+                          choices=("eval", "batch"))
 
 
 @dataclass
@@ -78,8 +83,9 @@ class TrainConfig:
     batch_size: int = _f(64, "global batch (split evenly across workers)", lo=1)
     seed: int = _f(0, "seed of weights, noise and data order", lo=0)
     d_steps: int = _f(1, "D updates per G update", lo=1, hi=10)
-    real_label: float = _f(0.9, "D's target for real images (one-sided smoothing: 0.9)", lo=0.0, hi=1.0)
-    fake_label: float = _f(0.1, "D's target for generated images", lo=0.0, hi=1.0)
+    real_label: float = _f(0.9, "D's target for real images (0.9 with fake 0.1 smooths both sides; 1.0 = hard)",
+                           lo=0.0, hi=1.0)
+    fake_label: float = _f(0.1, "D's target for generated images (0.0 = hard)", lo=0.0, hi=1.0)
     g_target: float = _f(1.0, "G's target for D(G(z)) (1.0 = non-saturating loss)", lo=0.0, hi=1.0)
     amp: str = _f("auto", "mixed precision: auto = bf16 on GPUs that have it, else fp16; off on the CPU",
                   choices=("auto", "off", "bf16", "fp16"))
@@ -90,8 +96,13 @@ class TrainConfig:
                            "(CUDA only; the CPU runs it as default)",
                            choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     ema: bool = _f(True, "keep an exponential moving average of G for samples and evaluation")
-    ema_decay: float = _f(0.999, "EMA decay per step, warmed up as min(ema_decay, (1 + step) / (10 + step))",
+    ema_decay: float = _f(0.999, "EMA decay per step, warmed up as min(ema_decay, (1 + step) / (ema_warmup + step))",
                           lo=0.0, hi=1.0)
+    ema_warmup: float = _f(10.0, "EMA warm-up in steps (the 10 of (1 + step) / (10 + step)); 0 = decay from step 0",
+                           lo=0.0)
+    r1_gamma: float = _f(0.0, "R1 zero-centred gradient penalty on reals: gamma/2 * E|grad_x D(x)|^2 (0 = off)",
+                         lo=0.0)
+    r1_every: int = _f(1, "apply R1 every k D updates, scaled by k (lazy regularisation; 1 = every step)", lo=1)
     diffaugment: str = _f("", "DiffAugment policy, comma-separated from color, translation, cutout ('' = off)")
     device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
     checkpoint_every: int = _f(1000, "steps between checkpoints", lo=1)
@@ -269,6 +280,10 @@ def validate(cfg: Config) -> Config:
     if cfg.train.batch_size % cfg.cluster.workers:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly across "
                           f"cluster.workers = {cfg.cluster.workers}")
+    per_rank = cfg.train.batch_size // cfg.cluster.workers
+    if per_rank % cfg.model.d_pack:
+        raise ConfigError(f"model.d_pack: {cfg.model.d_pack} does not divide the per-rank batch {per_rank} "
+                          "(train.batch_size / cluster.workers)")
     return cfg
 
 

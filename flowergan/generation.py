@@ -74,6 +74,52 @@ def _forward_blocks(G: nn.Module, n: int, nz: int, seed: int, dev: torch.device)
         G.train(was_training)
 
 
+BN_SEED, BN_BATCHES = 2**31 - 1, 16  # z for recomputed BatchNorm statistics: fixed, apart from users' seeds
+
+
+@torch.no_grad()
+def recompute_bn_stats(G: nn.Module, *, batches: int = BN_BATCHES, seed: int = BN_SEED) -> nn.Module:
+    """Replace G's BatchNorm running statistics by their average over `batches` fixed batches of BLOCK z's
+    (standing statistics, Brock et al. 2019); in place, returns G in eval mode.
+
+    Why: the running statistics are momentum averages over G's past weights, and G_ema's are G's copied over,
+    which fit neither network well early in training. Recomputed from the network's own batches they match its
+    weights, and eval mode keeps samples batch-independent. Deterministic: fixed z, and train-mode BN ignores
+    the old statistics, so recomputing twice gives the same numbers.
+    """
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    nz = getattr(G, "nz", None)
+    if not bns or not isinstance(nz, int):
+        return G.eval()
+    momenta = [m.momentum for m in bns]
+    dev = _device_of(G)
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        G.train()
+        blocks = latent_blocks(nz, seed)
+        for _ in range(batches):
+            with torch.autocast(dev.type, enabled=False):
+                G(next(blocks).to(dev))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+    return G.eval()
+
+
+def for_sampling(G: nn.Module, g_sample_bn: str) -> nn.Module:
+    """G as samples should be drawn (`model.g_sample_bn`): G itself for "eval", or a copy with recomputed
+    BatchNorm statistics for "batch" (G, which may be training, is left untouched)."""
+    if g_sample_bn == "eval":
+        return G
+    if g_sample_bn != "batch":
+        raise ValueError(f"g_sample_bn must be 'eval' or 'batch', got {g_sample_bn!r}")
+    import copy
+
+    return recompute_bn_stats(copy.deepcopy(G))
+
+
 def generate(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,
              device: str | torch.device | None = None) -> torch.Tensor:
     """n samples of G as one uint8 tensor [n, 3, H, W] (RGB); the same images for a seed on any batch size."""
@@ -93,4 +139,6 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
         return export.load_export(Path(path), device=device)
     from flowergan.train.checkpoint import load_generator as load_from_checkpoint
 
-    return load_from_checkpoint(path, ema=ema, device=device)[0]
+    G, cfg = load_from_checkpoint(path, ema=ema, device=device)
+    # The loop stores G_ema with recomputed statistics already; recomputing is idempotent and covers raw G.
+    return recompute_bn_stats(G) if cfg.model.g_sample_bn == "batch" else G

@@ -69,18 +69,41 @@ class Generator(nn.Module):
         return self.main(z)
 
 
+class Pack(nn.Module):
+    """PacGAN (Lin et al. 2018): m consecutive images [B, C, H, W] become one sample [B/m, m*C, H, W].
+
+    D then judges the joint distribution of m samples, which penalises a G that repeats itself (mode collapse).
+    """
+
+    def __init__(self, m: int):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.m == 1:
+            return x
+        B, C, H, W = x.shape
+        if B % self.m:
+            raise ValueError(f"a batch of {B} images does not pack into groups of {self.m} (model.d_pack)")
+        return x.reshape(B // self.m, self.m * C, H, W)  # reshape: a channels_last input is not viewable
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}"
+
+
 class Discriminator(nn.Module):
-    """Strided convs with LeakyReLU(0.2), BN on all but the first block, one logit per image."""
+    """Strided convs with LeakyReLU(0.2), BN on all but the first block, one logit per image (per pack of
+    `pack` images with PacGAN packing)."""
 
     def __init__(self, ndf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3, dropout: float = 0.0,
-                 input_dropout: float = 0.0, head: str = "conv", spectral_norm: bool = False):
+                 input_dropout: float = 0.0, head: str = "conv", spectral_norm: bool = False, pack: int = 1):
         super().__init__()
         n = _n_blocks(resolution)
         ch = [ndf * 2**i for i in range(n)]  # 64²: 64, 128, 256, 512
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [Pack(pack)] if pack > 1 else []
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
-        c_in = nc
+        c_in = nc * pack
         for i, c_out in enumerate(ch):
             layers.append(_down(c_in, c_out, kernel))
             if i > 0:
@@ -110,5 +133,6 @@ def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
     """G and D as the model section describes them."""
     G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel)
     D = Discriminator(cfg.ndf, cfg.resolution, cfg.kernel, dropout=cfg.d_dropout,
-                      input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm)
+                      input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm,
+                      pack=cfg.d_pack)
     return G, D

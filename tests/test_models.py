@@ -176,3 +176,24 @@ def test_benchmark_reference_is_the_same_network() -> None:
         theirs_shapes = [tuple(t.shape) for t in theirs.state_dict().values()]
         assert ours_shapes == theirs_shapes
     assert isinstance(list(bench.tutorial_D())[-1], nn.Sigmoid)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_pacgan_packing_judges_m_images_per_logit(m: int) -> None:
+    torch.manual_seed(0)
+    D = Discriminator(4, 16, pack=m)
+    first = next(x for x in D.features if isinstance(x, nn.Conv2d))
+    assert first.in_channels == 3 * m  # m RGB images side by side on the channel axis
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    assert D(x).shape == (8 // m,)
+    # Pack j holds images j*m .. j*m+m-1: changing image 1 changes only the first pack's logit.
+    D.eval()
+    y = x.clone()
+    y[1] = -y[1]
+    changed = (D(x) != D(y)).tolist()
+    assert changed[0] and not any(changed[1:])
+    assert torch.allclose(D(x.contiguous(memory_format=torch.channels_last)), D(x), atol=1e-6)
+    with pytest.raises(ValueError, match="d_pack"):
+        D(x[:m + 1])
+    assert build_models(_cfg(64, d_pack=m))[1].features[0].m == m
+    assert build_models(_cfg(64))[1].state_dict().keys() == Discriminator(8, 64).state_dict().keys()

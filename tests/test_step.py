@@ -12,7 +12,18 @@ from torch import nn
 
 from flowergan.models import Discriminator, Generator
 from flowergan.train.augment import make_augment
-from flowergan.train.step import Precision, Targets, d_loss, ema_update, g_loss, gan_step, resolve_amp
+from flowergan.train.step import (
+    Precision,
+    Targets,
+    d_loss,
+    ema_decay_at,
+    ema_update,
+    g_loss,
+    gan_step,
+    r1_penalty,
+    r1_weight,
+    resolve_amp,
+)
 
 NZ, B, R = 8, 4, 16
 CPU = torch.device("cpu")
@@ -300,3 +311,42 @@ def test_train_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench.main(["--rounds", "1", "--steps", "1", "--warmup", "0", "--batch", "2", "--diffaugment", "translation"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("train_step ratio=") and float(last.split("=")[1]) > 0
+
+
+def test_r1_penalty_is_the_squared_input_gradient_of_d() -> None:
+    # D(x) = <w, x> has grad_x D = w for every image: the penalty is |w|^2, and it is differentiable in w.
+    w = torch.randn(3, R, R, requires_grad=True)
+    x = torch.rand(B, 3, R, R).requires_grad_(True)
+    penalty = r1_penalty((x * w).sum(dim=(1, 2, 3)), x)
+    assert torch.allclose(penalty, w.detach().square().sum())
+    (gw,) = torch.autograd.grad(penalty, w)
+    assert torch.allclose(gw, 2 * w.detach())
+
+
+def test_r1_adds_gamma_half_times_the_penalty_to_d_loss_only() -> None:
+    G, D, opt_g, opt_d, reals, zs = _setup()
+    D_before = copy.deepcopy(D)
+    G0, D0, opt_g0, opt_d0, _, _ = _setup()
+    out0 = gan_step(G0, D0, opt_g0, opt_d0, reals, zs, _fp32())
+    out = gan_step(G, D, opt_g, opt_d, reals, zs, _fp32(), r1=r1_weight(0, 10.0, 1))
+    # The penalty D had before its update, computed by hand (train-mode BN like the step's forward).
+    x = reals[0].clone().requires_grad_(True)
+    want = r1_penalty(D_before(x).float(), x).detach()
+    assert torch.allclose(out.loss_d, out0.loss_d + 5.0 * want, rtol=1e-5)
+    assert torch.equal(out.d_real, out0.d_real)  # the same forward of D on the reals, before any update
+    assert not _same(_params(D), _params(D0))  # the penalty's gradient reached D's update
+    assert torch.isfinite(out.loss_g)
+
+
+def test_r1_weight_is_lazy_and_off_at_gamma_zero() -> None:
+    assert r1_weight(0, 10.0, 1) == r1_weight(7, 10.0, 1) == 5.0
+    assert [r1_weight(s, 10.0, 4) for s in range(5)] == [20.0, 0.0, 0.0, 0.0, 20.0]  # gamma/2 x k every k-th step
+    assert r1_weight(0, 0.0, 1) == 0.0
+
+
+def test_ema_decay_warm_up() -> None:
+    assert ema_decay_at(0, 0.999, 10.0) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(90, 0.999, 10.0) == pytest.approx(0.91)
+    assert ema_decay_at(10**6, 0.999, 10.0) == 0.999
+    assert ema_decay_at(0, 0.999, 0.0) == 0.999  # no warm-up
+    assert ema_decay_at(5, 0.9, 100.0) == pytest.approx(6 / 105)

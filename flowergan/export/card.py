@@ -100,6 +100,7 @@ def model_card(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> str:
     fm = front_matter(meta, state, cfg)
     info = fm["flowergan"]
     res, nz = meta["resolution"], meta["nz"]
+    bn = meta.get("batchnorm") or "eval mode: running statistics saved with the weights"
     rows = "\n".join(f"| {m['name']} | {m['value']:.6g} | {m['source']}"
                      + (f"; N={m['n_generated']}, reference {m['reference']}" if "n_generated" in m else "") + " |"
                      for m in info["metrics"]) or "| (none recorded) | | |"
@@ -127,7 +128,7 @@ images = flowergan.generate(G, 16, seed=0)  # uint8 [16, 3, {res}, {res}], RGB
 ```
 
 Input: z of shape [batch, {nz}], standard normal. Output: RGB images [batch, 3, {res}, {res}] in [-1, 1];
-uint8 = round((x + 1) * 127.5), clamped to [0, 255]. BatchNorm runs in eval mode (saved running statistics).
+uint8 = round((x + 1) * 127.5), clamped to [0, 255]. BatchNorm: {bn}.
 
 ## Metrics at this checkpoint
 

@@ -45,10 +45,18 @@ def generator_config(model: dict[str, Any], *, weights: str, source: dict[str, A
         "output": {"name": "images", "shape": ["batch", 3, res, res], "dtype": "float32", "layout": "NCHW",
                    "channel_order": "RGB", "range": [-1.0, 1.0],
                    "to_uint8": "round((x + 1) * 127.5), clamped to [0, 255] (flowergan.visuals.to_uint8)"},
-        "batchnorm": "eval mode: running statistics saved with the weights",
+        "batchnorm": batchnorm_note(str(model.get("g_sample_bn", "eval"))),
         "files": {f: FILES[f] for f in formats},
         "source": source,
     }
+
+
+def batchnorm_note(g_sample_bn: str) -> str:
+    """How the exported G's BatchNorm statistics were made (`model.g_sample_bn`); G always runs in eval mode."""
+    if g_sample_bn == "batch":
+        return ("eval mode: running statistics recomputed from G's own batches of z at export "
+                "(model.g_sample_bn = batch), saved with the weights")
+    return "eval mode: running statistics saved with the weights"
 
 
 def is_export(path: Path) -> bool:
@@ -100,6 +108,10 @@ def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = (
     with safe_open(str(ckpt / CKPT_WEIGHTS), "pt") as f:
         weights = "G_ema" if ema and any(k.startswith("G_ema.") for k in f.keys()) else "G"
     G, _ = load_generator(ckpt, ema=weights == "G_ema")
+    if cfg.model.g_sample_bn == "batch":
+        from flowergan.generation import recompute_bn_stats
+
+        recompute_bn_stats(G)  # samples as training drew them; the export then needs no special sampling mode
     meta = generator_config(cfg.to_dict()["model"], weights=weights, source=_source(ckpt, state), formats=wanted)
     tmp = temporary_beside(out, directory=True)
     try:

@@ -21,6 +21,7 @@ from flowergan.config import Config
 from flowergan.data.loader.protocol import BatchStream
 from flowergan.devices import pick_device
 from flowergan.errors import UserError
+from flowergan.generation import for_sampling, recompute_bn_stats
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
 from flowergan.train import rng
@@ -35,7 +36,7 @@ from flowergan.train.rollback import Rollback
 from flowergan.train.samples import SampleWriter
 from flowergan.train.schedule import Schedule
 from flowergan.train.state import TrainState, new_state
-from flowergan.train.step import StepOutput, Targets, ema_update, gan_step
+from flowergan.train.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, r1_weight
 from flowergan.train.trackers import open_run_logger
 
 __all__ = ["LOGGED", "OnCheckpoint", "total_steps", "train"]
@@ -73,7 +74,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     if rank == 0:
         (run_dir / "config.toml").write_text(cfg.to_toml())
     z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed))
-    samples = SampleWriter(run_dir, log, z_fixed.to(device), enabled=rank == 0)
+    samples = SampleWriter(run_dir, log, z_fixed.to(device), cfg.model.g_sample_bn, enabled=rank == 0)
     checkpointer = Checkpointer(run_dir / "checkpoints", tc.keep_checkpoints, {"config": cfg.to_dict()},
                                 stream.num_samples, writer=rank == 0, on_checkpoint=on_checkpoint)
     meters, rollback = Meters(device, state.images_seen), Rollback(state, tc.nan_retries, tc.seed, rank)
@@ -105,8 +106,10 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 log.scalars(state.step, {"epoch": schedule.epoch(state.step), **meters.read_epoch()})
             if due.sample:
                 samples.write(state.step, state.G, state.G_ema)
-            best = due.evaluate and _evaluate(evaluate, state, metrics, log, rank == 0)
+            best = due.evaluate and _evaluate(evaluate, state, metrics, log, rank == 0, cfg.model.g_sample_bn)
             if due.checkpoint:
+                if state.G_ema is not None and cfg.model.g_sample_bn == "batch":
+                    recompute_bn_stats(state.G_ema)  # training-neutral: ema_update overwrites these buffers
                 checkpointer.save(state, dict(metrics), best)
                 rollback.keep()
     finally:
@@ -148,10 +151,11 @@ class _Step:
             x, _labels = next(batches)
             reals.append(x.to(device, non_blocking=True, memory_format=self.memory_format))
             zs.append(torch.randn(x.shape[0], self.cfg.model.nz, device=device))
-        out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment)
+        out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
+                       r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every))
         if s.G_ema is not None:
             # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
-            ema_update(s.G_ema, s.G, min(tc.ema_decay, (1 + s.step) / (10 + s.step)))
+            ema_update(s.G_ema, s.G, ema_decay_at(s.step, tc.ema_decay, tc.ema_warmup))
         s.step += 1
         s.images_seen += tc.batch_size * tc.d_steps
         return out
@@ -164,11 +168,11 @@ def _interval_metrics(meters: Meters, state: TrainState) -> dict[str, float]:
 
 
 def _evaluate(evaluate: Evaluate | None, state: TrainState, metrics: dict[str, float], log: NullLogger,
-              main: bool) -> bool:
+              main: bool, bn_mode: str) -> bool:
     """Rank 0 scores G_ema (or G); the others wait for it at the checkpoint's collectives. True for a new best."""
     if evaluate is None or not main:
         return False
-    scores = evaluate(state.G_ema or state.G, state.device)
+    scores = evaluate(for_sampling(state.G_ema or state.G, bn_mode), state.device)
     metrics.update(scores)
     log.scalars(state.step, {f"Eval/{k}": v for k, v in scores.items()})
     if not improves(evaluate, scores, state.best):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from flowergan import visuals
+from flowergan.generation import for_sampling
 from flowergan.train.logging import NullLogger
 
 
@@ -15,8 +16,8 @@ class SampleWriter:
     """The same z through G_ema and the raw G every `log.sample_every` steps: `samples/{ema,raw}-NNNNNNNN.png`
     and TensorBoard's Samples/*. Disabled (every rank but 0) it writes nothing."""
 
-    def __init__(self, run_dir: Path, log: NullLogger, z: torch.Tensor, enabled: bool):
-        self.run_dir, self.log, self.z, self.enabled = run_dir, log, z, enabled
+    def __init__(self, run_dir: Path, log: NullLogger, z: torch.Tensor, bn_mode: str, enabled: bool):
+        self.run_dir, self.log, self.z, self.bn_mode, self.enabled = run_dir, log, z, bn_mode, enabled
 
     @torch.no_grad()
     def write(self, step: int, G: nn.Module, G_ema: nn.Module | None) -> None:
@@ -27,7 +28,7 @@ class SampleWriter:
                 continue
             was_training = net.training
             net.eval()
-            grid = visuals.to_grid(net(self.z))
+            grid = visuals.to_grid(for_sampling(net, self.bn_mode)(self.z))  # model.g_sample_bn
             net.train(was_training)
             visuals.save_png(grid, self.run_dir / "samples" / f"{tag}-{step:08d}.png")
             self.log.image(f"Samples/{tag}", step, grid)

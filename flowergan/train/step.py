@@ -44,6 +44,26 @@ def g_loss(fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.g))
 
 
+def r1_penalty(real_logits: torch.Tensor, d_input: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E |grad_x D(x)|^2 over the real batch, differentiable for D's update.
+
+    `d_input` is the (augmented) real batch D saw, with requires_grad set before D's forward.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), d_input, create_graph=True)
+    return grad.float().square().sum(dim=(1, 2, 3)).mean()
+
+
+def r1_weight(step: int, gamma: float, every: int) -> float:
+    """The R1 weight for G step `step` with lazy regularisation: gamma/2 * every on every `every`-th step, else 0."""
+    return 0.5 * gamma * every if gamma > 0 and step % every == 0 else 0.0
+
+
+def ema_decay_at(step: int, decay: float, warmup: float) -> float:
+    """EMA decay at `step`: min(decay, (1 + step) / (warmup + step)), so early G_ema follows G closely rather
+    than showing mostly the random init; warmup 0 keeps `decay` from the first step."""
+    return decay if warmup <= 0 else min(decay, (1 + step) / (warmup + step))
+
+
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for a config value and device."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
@@ -81,9 +101,12 @@ def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              reals: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], precision: Precision,
-             targets: Targets = Targets(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None
-             ) -> StepOutput:
-    """len(reals) D updates (the D:G ratio), then one G update that reuses the last D update's fake batch."""
+             targets: Targets = Targets(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             r1: float = 0.0) -> StepOutput:
+    """len(reals) D updates (the D:G ratio), then one G update that reuses the last D update's fake batch.
+
+    r1 > 0 adds r1 * E|grad_x D(x)|^2 on the reals to D's loss (see `r1_weight` for gamma/2 and laziness).
+    """
     aug = augment or (lambda x: x)
     for i, (real, z) in enumerate(zip(reals, zs)):
         last = i == len(reals) - 1
@@ -92,9 +115,14 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
         with precision.autocast():
             with contextlib.nullcontext() if last else torch.no_grad():
                 fake = G(z)
-            real_logits = D(aug(real))
+            d_real_in = aug(real)
+            if r1 > 0:  # a Python float: choosing the branch needs no device sync
+                d_real_in = d_real_in.detach().requires_grad_(True)
+            real_logits = D(d_real_in)
             fake_logits = D(aug(fake.detach()))
             loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
+            if r1 > 0:
+                loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in)
         precision.backward_step(loss_d, opt_d)
         if not last:
             # GradScaler allows one step() per optimizer between update()s, so each extra D update closes its

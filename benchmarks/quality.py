@@ -1,0 +1,210 @@
+"""Sample quality of flowergan's recipe against the PyTorch DCGAN tutorial's, at one equal budget, in one run.
+
+Both recipes train the same Radford DCGAN (64², nz 100, ngf = ndf = 64 by default) with `flowergan.train.loop`
+on the same shards, batch and number of G steps, from the same seed:
+
+- **tutorial**: hard labels 1 / 0, no EMA, fp32, samples of G in eval mode (the tutorial's `netG.eval()`-free
+  loop samples in train mode only inside training; its saved grids come from the running statistics).
+- **flowergan**: the [model] / [optim] / [train] sections of `jobs/flowers64.toml` (the shipped recipe, label
+  smoothing 0.9 / 0.1), with `--set section.key=value` on top; samples of G_ema as `model.g_sample_bn` says.
+
+On SynthFlowers (the default) each G is scored by the SynthFlowers oracle (modes covered out of 48, KL of the
+generated mode distribution to uniform, in nats) and by synth-FD, the Fréchet distance in the features of the
+eval package's SynthFlowers CNN (`flowergan_eval.api.synth_scores`); the last line is
+`quality ratio=<flowergan synth-FD / tutorial synth-FD>` (lower is better). `--data PATH` trains on real photos
+(shards or the flowers5-128 tar, resized to 64 px), where the oracle does not apply: it prints FD in the features of
+the SynthFlowers CNN as a rough proxy if available and always saves the grids side by side.
+
+    python benchmarks/quality.py                              # SynthFlowers, 700 G steps per recipe
+    python benchmarks/quality.py --steps 300 --ngf 32 --recipes flowergan --set train.r1_gamma=1 --tag r1
+    python benchmarks/quality.py --data ../shared/data/flowers5-128.tar
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowergan import visuals
+from flowergan.config import Config, load_config, parse_override
+from flowergan.generation import for_sampling, iter_samples
+from flowergan.train.checkpoint import load_generator, step_dir_name
+from flowergan.train.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_SECTIONS = ("model", "optim", "train")
+TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "train.amp=off",
+            "train.diffaugment=", "train.r1_gamma=0", "model.d_pack=1", "model.g_sample_bn=eval",
+            "model.spectral_norm=false", "model.d_dropout=0", "model.d_input_dropout=0",
+            "optim.lr_g=2e-4", "optim.lr_d=2e-4", "optim.beta1=0.5", "optim.beta2=0.999"]
+
+
+def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path) -> Config:
+    """The config of one recipe: the job file's recipe sections, the run's common settings, then the recipe's own."""
+    sets: list[str] = []
+    if name == "flowergan":  # the tutorial starts from the defaults: the Radford architecture, Adam 2e-4 / 0.5
+        job = load_config(ROOT / "jobs" / "flowers64.toml")
+        sets = [f"{s}.{k}={_text(v)}" for s in RECIPE_SECTIONS for k, v in job.to_dict()[s].items()
+                if not (s == "train" and k in ("epochs", "steps", "checkpoint_every", "keep_checkpoints", "device"))]
+    sets += [f"data.path={data}", "data.cache=memory", "data.workers=0", f"train.steps={args.steps}",
+             "train.epochs=0", f"train.batch_size={args.batch}", f"train.seed={args.seed}", "train.device=cpu",
+             f"train.checkpoint_every={args.steps}", "train.keep_checkpoints=1", f"log.run_dir={run_dir}",
+             "log.every=50", f"log.sample_every={args.steps}", "log.tensorboard=false", "log.progress=false",
+             "eval.every=0", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}", "model.resolution=64"]
+    sets += TUTORIAL if name == "tutorial" else list(args.set)
+    cfg = load_config(None, sets)
+    cfg.cluster.name = f"quality-{name}"
+    return cfg
+
+
+def _text(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def real_shards(path: str, out: Path) -> str:
+    """A shard directory for `path`: itself if it is one, else 64 px shards made from it once (cached in out)."""
+    p = Path(path)
+    if (p / "manifest.json").is_file() or p.name == "manifest.json":
+        return str(p)
+    shards = out / f"shards-{p.stem}-64"
+    if not (shards / "manifest.json").is_file():
+        import subprocess
+
+        subprocess.run([sys.executable, "-m", "flowergan", "data", "shard", str(p), "--out", str(shards),
+                        "--size", "64", "--no-progress"], check=True)
+    return str(shards)
+
+
+def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> dict[str, float]:
+    """SynthFlowers: synth-FD, modes covered and KL (`flowergan_eval.api.synth_scores`). Photos: FD in the features
+    of the SynthNet the eval package trains on the photos' classes (the oracle's modes mean nothing there)."""
+    from flowergan_eval import api
+
+    if synth:
+        s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device="cpu", seed=0)
+        return {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
+    from flowergan_eval.real import open_real
+
+    images = list(iter_samples(G, n, seed=0))
+    fd, label = api.registry_scores("synth_fd", images, open_real(data), device=torch.device("cpu"))
+    return {k.replace("synth_fd", "fd_synthnet_photos"): v for k, v in fd.items()}
+
+
+def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth: bool) -> dict[str, Any]:
+    """Train one recipe, save its grid, score it; returns the row."""
+    run_dir = out / f"run-{args.tag}-{name}" if args.tag else out / f"run-{name}"
+    cfg = recipe_config(name, args, data, run_dir)
+    t0 = time.perf_counter()
+    if args.reuse and finished(run_dir, cfg):
+        last, train_s = {}, float(json.loads((run_dir / "train.json").read_text())["train_s"])
+    else:
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        last = train(cfg)
+        train_s = time.perf_counter() - t0
+        (run_dir / "train.json").write_text(json.dumps({"train_s": train_s, **last}))
+    trained, _ = load_generator(run_dir, ema=cfg.train.ema)
+    G = for_sampling(trained, cfg.model.g_sample_bn).eval()  # the network the loop's grids and exports use
+    with torch.no_grad():
+        z = torch.randn(64, cfg.model.nz, generator=torch.Generator().manual_seed(args.seed))
+        grid = visuals.to_grid(G(z))
+    visuals.save_png(grid, out / f"quality-{args.tag + '-' if args.tag else ''}{name}.png")
+    t1 = time.perf_counter()
+    metrics = score(G, cfg, data, args.n, synth)
+    row = {"recipe": name, "tag": args.tag, "steps": args.steps, "ngf": args.ngf, "batch": args.batch,
+           "sets": [] if name == "tutorial" else list(args.set), "train_s": round(train_s, 1),
+           "eval_s": round(time.perf_counter() - t1, 1), "img_per_s": round(args.steps * args.batch / train_s, 1),
+           "loss_d": last.get("Loss/D"), "loss_g": last.get("Loss/G"), **metrics}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def finished(run_dir: Path, cfg: Config) -> bool:
+    """Whether `run_dir` already holds this exact recipe trained to the end (then --reuse only scores it)."""
+    try:
+        return ((run_dir / "config.toml").read_text() == cfg.to_toml() and (run_dir / "train.json").is_file()
+                and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
+    except OSError:
+        return False
+
+
+def side_by_side(paths: list[Path], out: Path) -> None:
+    """The grids next to each other, 16 px apart, in the order given (left to right)."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    w = sum(i.width for i in images) + 16 * (len(images) - 1)
+    canvas = Image.new("RGB", (w, max(i.height for i in images)), "white")
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width + 16
+    canvas.save(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="", help="real photos (shards, tar or folder); default: SynthFlowers")
+    ap.add_argument("--synth", default=str(ROOT / "data" / "synth64"), help="SynthFlowers shards (made if absent)")
+    ap.add_argument("--steps", type=int, default=700, help="G steps per recipe (the equal budget)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--ngf", type=int, default=64, help="ngf = ndf")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=4096, help="generated images per score")
+    ap.add_argument("--recipes", default="tutorial,flowergan", help="comma-separated: tutorial, flowergan")
+    ap.add_argument("--set", action="append", default=[], help="section.key=value for the flowergan recipe")
+    ap.add_argument("--tag", default="", help="name of this run's files (ablation runs)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="run dirs, grids, results.jsonl")
+    ap.add_argument("--reuse", action="store_true", help="score a recipe's finished run of the same config "
+                    "instead of training it again")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
+                    "machine, where OpenMP spin-waits)")
+    args = ap.parse_args()
+    for s in args.set:
+        parse_override(s)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    synth = not args.data
+    if synth and not (Path(args.synth) / "manifest.json").is_file():
+        import subprocess
+
+        subprocess.run([sys.executable, "-m", "flowergan", "data", "synth", "--out", args.synth, "--n", "4096",
+                        "--no-progress"], check=True)
+    data = args.synth if synth else real_shards(args.data, out)
+    names = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    rows = {name: run_recipe(name, args, data, out, synth) for name in names}
+    with open(out / "results.jsonl", "a") as f:
+        for row in rows.values():
+            f.write(json.dumps(row) + "\n")
+    print(f"data {data}, {args.steps} G steps of batch {args.batch}, ngf = ndf = {args.ngf}, n = {args.n} samples")
+    for name, row in rows.items():
+        key, value = _fd(row)
+        fd = f"{key} {value:.1f}" if key else "FD not available"
+        modes = (f"modes {row['modes_covered']:.0f}/{row.get('modes_of', 48):.0f}, KL {row['modes_kl']:.3f} nats, "
+                 if "modes_covered" in row else "")
+        print(f"{name:10s} {modes}{fd}  ({row['train_s']:.0f} s training, {row['img_per_s']:.0f} img/s)")
+    if len(rows) == 2:
+        tag = args.tag + "-" if args.tag else ""
+        side_by_side([out / f"quality-{tag}{n}.png" for n in names], out / f"quality-{tag}side-by-side.png")
+        print(f"grids: {out}/quality-{tag}{{{','.join(names)},side-by-side}}.png (left to right: {', '.join(names)})")
+        if {"tutorial", "flowergan"} <= set(rows) and _fd(rows["tutorial"])[0]:
+            print(f"quality ratio={_fd(rows['flowergan'])[1] / _fd(rows['tutorial'])[1]:.3f}")
+
+
+def _fd(row: dict[str, Any]) -> tuple[str, float]:
+    """The row's Fréchet distance (synth-FD, or the photos' FD) as (name, value); ("", nan) without one."""
+    return next(((k, float(v)) for k, v in row.items() if k.startswith(("synth_fd", "fd_"))), ("", float("nan")))
+
+
+if __name__ == "__main__":
+    main()
