@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         from torch import _dynamo
 
         _dynamo.config.automatic_dynamic_shapes = False
-        _dynamo.config.cache_size_limit = 64
+        for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one torch 2.4 knows
+            if hasattr(_dynamo.config, name):
+                setattr(_dynamo.config, name, 64)
     if args.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny tensors; OpenMP spin-waits badly on a busy machine
 
