@@ -256,7 +256,7 @@ def measure(steps: dict[str, Step], batch: int, device: torch.device, *, rounds:
         for name in order if r % 2 == 0 else order[::-1]:
             rates[name].append(counts[name] * batch / timed(steps[name], counts[name], device))
     for name, values in rates.items():
-        out[name].update(img_per_s=statistics.median(values), rounds=[round(v, 1) for v in values],
+        out[name].update(img_per_s=statistics.median(values), rounds=[float(f"{v:.5g}") for v in values],
                          steps_per_round=counts[name])
     return out
 
