@@ -59,6 +59,7 @@ class Evaluation:
         self.G: nn.Module | None = None
         self.generator_name = "G"
         self.state: dict[str, Any] = {}
+        self.extractor_of: dict[str, str] = {}  # metric key -> the network that read the images
         if ckpt is not None:
             from flowergan.train.checkpoint import load_generator, read_state, resolve_checkpoint
 
@@ -198,7 +199,7 @@ class Evaluation:
         """Registered metrics of n generated images, each in its extractor's features (`self.extractor_of` names
         the extractor of every key)."""
         out: dict[str, float] = {}
-        names: dict[str, str] = self.__dict__.setdefault("extractor_of", {})
+        names = self.extractor_of
         for base in bases:
             entry = M.REGISTRY[base]
             if entry.features == "oracle":
