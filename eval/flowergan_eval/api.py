@@ -1,8 +1,9 @@
-"""Public API of flowergan_eval: evaluate a checkpoint (used by the CLI) and a cheap in-training metric.
+"""Public API of flowergan_eval: evaluate a checkpoint (used by the CLI), in-training metrics, synth_scores.
 
-`in_training_metric` is what the training loop calls every `eval.every` steps: the extractor and the
-reference statistics are loaded once per process (and the statistics cached on disk), so each call costs
-only n generated images through Inception.
+`in_training_metric` is what the training loop calls every `eval.every` steps, for any registry metric: the
+extractor and the reference statistics are loaded once per process (and the statistics cached on disk), so each
+call costs only n generated images through the extractor. `synth_scores` gives the SynthFlowers quality numbers
+(synth-FD, modes covered, KL) of a generator for benchmarks, with nothing to download.
 """
 
 from __future__ import annotations
