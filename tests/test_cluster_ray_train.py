@@ -249,3 +249,17 @@ def test_a_job_killed_and_started_again_ends_bit_identical_on_every_rank(local_r
     b = load_file(str(tmp_path / "split" / "storage" / "t" / "step-00000008" / "models.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _logged_steps(tmp_path / "split" / "run") == [2, 4, 6, 8]
+
+
+def test_ranks_that_differ_stop_the_run_with_one_line(local_ray, shards: Path, tmp_path: Path, monkeypatch) -> None:
+    """Rank 1 nudges a G weight after step 3: at checkpoint 4 the workers' hashes differ, every worker stops, the
+    driver raises that one line, and the disagreeing checkpoint is neither kept nor reported."""
+    monkeypatch.setenv("FLOWERGAN_FAULT_STEP", "3")
+    monkeypatch.setenv("FLOWERGAN_FAULT_RANK", "1")
+    monkeypatch.setenv("FLOWERGAN_FAULT_ACTION", "perturb")
+    cfg = _config(tmp_path, shards, "train.steps=8", "train.checkpoint_every=4", "cluster.max_failures=0")
+    with pytest.raises(UserError, match=r"^Ray Train worker \d: G/D/G_ema parameters differ across ranks at step 4 "
+                                        r"\(rank 0: [0-9a-f]{12}, rank 1: [0-9a-f]{12}\)"):
+        run_ray(cfg, resume=False)
+    assert ckpt_io.list_checkpoints(tmp_path / "run" / "checkpoints") == []
+    assert stored_checkpoints(str(tmp_path / "storage"), "t") == []

@@ -85,3 +85,18 @@ def test_schedule_says_what_is_due(step: int, due: set[str]) -> None:
     got = s.at(step)
     names = {"log", "epoch_end", "sample", "evaluate", "checkpoint"}
     assert {n for n in names if getattr(got, n)} == due
+
+
+def test_checkpoints_of_the_single_rank_format_still_resume_exactly(one_thread) -> None:
+    """Before every rank's state was saved, optim.pt held one nested dict (this is how it was built)."""
+    random.gauss(0, 1)
+    _kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    legacy = {"torch": torch.get_rng_state(),
+              "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "gauss": float(gauss)},
+              "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                         "gauss_next": gauss_next}}
+    first = _draws()
+    rng.restore(rng.from_legacy(legacy))
+    assert _draws() == first

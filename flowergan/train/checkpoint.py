@@ -28,6 +28,7 @@ import flowergan
 from flowergan.config import Config, ConfigError, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Discriminator, Generator, build_models
+from flowergan.train import rng
 from flowergan.train.rng import RngState
 from flowergan.train.state import NETS, TrainState
 
@@ -195,7 +196,7 @@ def load_state(ckpt: Path, cfg: Config, state: TrainState, rank: int, world: int
         raise UserError(f"{ckpt / OPTIM}: cannot read optimizer state ({e})") from None
     meta = read_state(ckpt)
     rngs = extra.get("rng")
-    rngs = rngs if isinstance(rngs, list) else []
+    rngs = rngs if isinstance(rngs, list) else [rng.from_legacy(rngs)] if isinstance(rngs, dict) else []
     saved_best = meta.get("best")
     sd = {**{k: state.nets[k].state_dict() for k in state.nets}, "opt_g": extra["opt_g"], "opt_d": extra["opt_d"],
           "scaler": extra["scaler"], "step": meta["step"], "images_seen": meta["images_seen"],

@@ -46,6 +46,18 @@ def restore(state: RngState, device: torch.device | None = None) -> None:
     random.setstate((version, tuple(internal), gauss_next if has_next else None))
 
 
+def from_legacy(old: dict) -> RngState:
+    """The nested form checkpoints held before every rank's state was saved (one rank's, as a dict)."""
+    n, p = old["numpy"], old["python"]
+    state: RngState = {"torch": old["torch"], "numpy.keys": n["keys"],
+                       "numpy.pos_has_gauss": torch.tensor([n["pos"], n["has_gauss"]], dtype=torch.int64),
+                       "numpy.gauss": torch.tensor(float(n["gauss"]), dtype=torch.float64),
+                       "python.version_internal": torch.cat([torch.tensor([p["version"]]), p["internal"]]),
+                       "python.gauss_next": torch.tensor([p["gauss_next"] is not None, p["gauss_next"] or 0.0],
+                                                         dtype=torch.float64)}
+    return state
+
+
 def reseed(seed: int, rank: int, offset: int = 0) -> None:
     """Derive this rank's noise stream from the run seed (a fresh start, or a resume across world sizes)."""
     torch.manual_seed(seed * 1_000_003 + rank + 1 + offset)

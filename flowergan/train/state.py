@@ -8,7 +8,8 @@ it, a checkpoint is it (with every rank's RNG state gathered to rank 0), and res
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ class TrainState:
     device: torch.device
     step: int = 0
     images_seen: int = 0
-    best: float = field(default=float("inf"))  # the selecting eval score so far (see train/evaluation.py)
+    best: float = math.inf  # the selecting eval score so far (see train/evaluation.py)
 
     @property
     def nets(self) -> dict[str, nn.Module]:
