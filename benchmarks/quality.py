@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from flowergan import visuals
-from flowergan.config import Config, load_config, parse_override
+from flowergan.config import Config, ConfigError, load_config, parse_override
 from flowergan.generation import for_sampling, iter_samples
 from flowergan.train.checkpoint import load_generator, step_dir_name
 from flowergan.train.loop import train
@@ -128,12 +128,15 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
 
 
 def finished(run_dir: Path, cfg: Config) -> bool:
-    """Whether `run_dir` already holds this exact recipe trained to the end (then --reuse only scores it)."""
+    """Whether `run_dir` already holds this recipe trained to the end (then --reuse only scores it): the same
+    [data] [model] [optim] [train] sections, which decide what is trained (where logs went does not)."""
     try:
-        return ((run_dir / "config.toml").read_text() == cfg.to_toml() and (run_dir / "train.json").is_file()
-                and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
-    except OSError:
+        saved = load_config(run_dir / "config.toml").to_dict()
+    except (OSError, ConfigError):
         return False
+    want = cfg.to_dict()
+    return (all(saved[s] == want[s] for s in ("data", *RECIPE_SECTIONS)) and (run_dir / "train.json").is_file()
+            and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
 
 
 def side_by_side(paths: list[Path], out: Path) -> None:
