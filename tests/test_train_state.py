@@ -100,3 +100,18 @@ def test_checkpoints_of_the_single_rank_format_still_resume_exactly(one_thread) 
     first = _draws()
     rng.restore(rng.from_legacy(legacy))
     assert _draws() == first
+
+
+def test_a_misspelt_fault_point_or_action_is_refused(monkeypatch) -> None:
+    """The fault hook names what it does not know instead of silently never firing (a vacuous restart test)."""
+    from flowergan.train.faults import maybe_inject_fault
+
+    monkeypatch.setenv("FLOWERGAN_FAULT_STEP", "3")
+    maybe_inject_fault(2, 0)  # another step: not armed, nothing checked
+    monkeypatch.setenv("FLOWERGAN_FAULT_POINT", "saev")
+    with pytest.raises(ValueError, match="FLOWERGAN_FAULT_POINT='saev': expected one of"):
+        maybe_inject_fault(3, 0)
+    monkeypatch.setenv("FLOWERGAN_FAULT_POINT", "saved")
+    monkeypatch.setenv("FLOWERGAN_FAULT_ACTION", "explode")
+    with pytest.raises(ValueError, match="FLOWERGAN_FAULT_ACTION='explode'"):
+        maybe_inject_fault(3, 0, point="saved")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flowergan.cli import app
+from flowergan.cli.options import Address, DryRun, JobFile, Overrides
 from flowergan.config import Config, describe, load_config
 from flowergan.errors import UserError
 
@@ -17,20 +18,21 @@ if TYPE_CHECKING:
     from flowergan.train.evaluation import Evaluate
 
 
+# Options as Annotated aliases (one style in every command; `flowergan tune` shares the job-file ones).
+Workers = Annotated[int | None, typer.Option("--workers", help="Ray Train workers (cluster.workers).")]
+GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", help="cluster.gpus_per_worker")]
+CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", help="cluster.cpus_per_worker")]
+RunDir = Annotated[str | None, typer.Option("--run-dir", help="Where outputs go (overrides log.run_dir).")]
+Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (overrides train.device).")]
+Ray = Annotated[bool, typer.Option("--ray", help="Run as Ray Train workers (DDP) instead of one process.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in the run dir.")]
+
+
 @app.command()
-def train(
-    config: Path | None = typer.Option(None, "--config", "-c", help="Job file (TOML), e.g. jobs/smoke.toml."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override: section.key=value (repeatable)."),
-    run_dir: str | None = typer.Option(None, "--run-dir", help="Where outputs go (overrides log.run_dir)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the run dir."),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
-    ray: bool = typer.Option(False, "--ray", help="Run as Ray Train workers (DDP) instead of one process."),
-    address: str | None = typer.Option(None, "--address", help="Ray address: auto or ray://HOST:10001."),
-    workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (cluster.workers)."),
-    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", help="cluster.gpus_per_worker"),
-    cpus_per_worker: float | None = typer.Option(None, "--cpus-per-worker", help="cluster.cpus_per_worker"),
-) -> None:
+def train(config: JobFile = None, set_: Overrides = [], run_dir: RunDir = None, resume: Resume = False,  # noqa: B006
+          device: Device = None, dry_run: DryRun = False, ray: Ray = False, address: Address = None,
+          workers: Workers = None, gpus_per_worker: GpusPerWorker = None,
+          cpus_per_worker: CpusPerWorker = None) -> None:
     """Train a DCGAN as a job file says; the same file runs locally and on a Ray cluster."""
     flags = {"log.run_dir": run_dir, "train.device": device, "cluster.address": address,
              "cluster.workers": workers, "cluster.gpus_per_worker": gpus_per_worker,

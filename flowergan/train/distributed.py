@@ -35,10 +35,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def launched_by_torchrun() -> bool:
     """Whether a torchrun-style launcher set this process's rank (and no process group exists yet)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and not is_distributed()
@@ -65,12 +61,6 @@ def shutdown() -> None:
     """Tear down a process group this process created (torchrun), so the run exits cleanly."""
     if is_distributed():
         dist.destroy_process_group()
-
-
-def barrier(device: torch.device | None = None) -> None:
-    """Wait for every rank; on CUDA name this rank's GPU (NCCL would otherwise guess one)."""
-    if is_distributed():
-        dist.barrier(device_ids=[device.index] if device is not None and device.type == "cuda" else None)
 
 
 def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:

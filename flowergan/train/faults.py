@@ -34,7 +34,10 @@ def maybe_inject_fault(step: int, rank: int, point: str = "step", nets: Mapping[
     at = os.environ.get("FLOWERGAN_FAULT_STEP")
     if not at or int(at) != step or int(os.environ.get("FLOWERGAN_FAULT_RANK", "0")) != rank:
         return
-    if os.environ.get("FLOWERGAN_FAULT_POINT", "step") != point:
+    where = os.environ.get("FLOWERGAN_FAULT_POINT", "step")
+    if where not in POINTS:  # a misspelt point would otherwise never fire and the test would pass vacuously
+        raise ValueError(f"FLOWERGAN_FAULT_POINT={where!r}: expected one of {POINTS}")
+    if where != point:
         return
     action = os.environ.get("FLOWERGAN_FAULT_ACTION", "kill")
     if action not in ACTIONS:

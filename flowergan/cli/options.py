@@ -1,0 +1,13 @@
+"""Options more than one command takes, as Annotated aliases (the one typer style of every command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+JobFile = Annotated[Path | None, typer.Option("--config", "-c", help="Job file (TOML), e.g. jobs/smoke.toml.")]
+Overrides = Annotated[list[str], typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+Address = Annotated[str | None, typer.Option("--address", help="Ray address: auto or ray://HOST:10001.")]
