@@ -146,6 +146,18 @@ def test_scores_carry_n_extractor_and_reference(run):
                                  {"type": "fid", "name": "fid500", "value": 87.5}]
 
 
+def test_offline_scores_name_their_own_extractor(run):
+    """synth_fd and the mode metrics (no Inception involved) are scores with their own extractor on the card."""
+    ckpt = resolve_checkpoint(run)
+    cfg = checkpoint_config(ckpt)
+    state = {**read_state(ckpt), "metrics": {"synth_fd1k": 3.5, "modes1k/covered": 40.0, "modes_kl1k": 0.2}}
+    meta = {"weights": "G_ema", "resolution": 64, "nz": 100, "files": {}}
+    by_name = {m["name"]: m for m in front_matter(meta, state, cfg)["flowergan"]["metrics"]}
+    assert "SynthNet" in by_name["synth_fd1k"]["extractor"] and by_name["synth_fd1k"]["n_generated"] == 1000
+    assert by_name["modes1k/covered"]["statistic"] == "modes covered"
+    assert "oracle" in by_name["modes_kl1k"]["extractor"] and "Inception" not in str(by_name["modes_kl1k"])
+
+
 def test_cli_export_and_its_errors_are_one_line_with_nothing_left(run, tmp_path, capsys):
     code, out, err = run_main(capsys, "export", "--ckpt", run, "--out", tmp_path / "g")
     assert code == 0 and out.strip() == f"wrote {tmp_path / 'g'}: README.md, config.json, model.safetensors", err

@@ -45,3 +45,16 @@ def test_the_process_group_timeout_is_a_validated_cluster_field() -> None:
 
     with pytest.raises(UserError, match=r"cluster.pg_timeout_s: 5 is out of range; allowed: >= 60"):
         load_config(None, ["cluster.pg_timeout_s=5"])
+
+
+@pytest.mark.parametrize("features, expected", [("inception", "inception"), ("", ""),
+                                                ("dinov2.pt", "{cwd}/dinov2.pt"),
+                                                ("resnet18=w/r18.pt", "resnet18={cwd}/w/r18.pt")])
+def test_eval_features_files_are_made_absolute_for_the_workers(tmp_path, monkeypatch, features, expected) -> None:
+    """Ray workers run elsewhere: a relative eval.features file (alone or after NAME=) must travel absolute."""
+    from flowergan.config import load_config
+    from flowergan.train.ray_train import resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_paths(load_config(None, [f"eval.features={features}"] if features else []))
+    assert cfg.eval.features == expected.format(cwd=tmp_path)

@@ -10,9 +10,25 @@ from typing import Any
 
 from flowergan.config import Config
 
-# Names of in-training scores as the eval package writes them: fid1k, kid10k, kid1k/std.
-SCORE = re.compile(r"^(fid|kid)(\d+)(k?)(/std)?$")
-EXTRACTOR = "Inception-v3 pool3 (2048-d), torch-fidelity's port of the TF 2015-12-05 FID network"
+# Names of in-training scores as the eval package writes them: fid1k, kid10k, kid1k/std, synth_fd1k,
+# modes1k/covered, modes_kl1k, prdc1k/coverage. (The card cannot ask the eval registry: export never imports it.)
+SCORE = re.compile(r"^(fid|kid|is|prdc|synth_fd|modes_kl|modes)(\d+)(k?)(/\w+)?$")
+INCEPTION = "Inception-v3 pool3 (2048-d), torch-fidelity's port of the TF 2015-12-05 FID network"
+EXTRACTORS = {"synth_fd": "SynthNet (128-d), trained on the reference SynthFlowers by flowergan-eval",
+              "modes": "the SynthFlowers mode oracle", "modes_kl": "the SynthFlowers mode oracle"}
+STATISTICS = {"/std": "standard deviation over subsets or splits", "/covered": "modes covered",
+              "/kl_uniform": "KL(modes || uniform), nats"}
+
+
+def _extractor(metric: str, cfg: Config) -> dict[str, str]:
+    if metric in ("modes", "modes_kl"):
+        return {"extractor": EXTRACTORS[metric]}
+    if cfg.eval.features and cfg.eval.features not in ("inception", "synth"):
+        return {"extractor": f"user features {cfg.eval.features}"}
+    if metric == "synth_fd" or cfg.eval.features == "synth":
+        return {"extractor": EXTRACTORS["synth_fd"]}
+    return {"extractor": INCEPTION,
+            "extractor_weights": cfg.eval.inception_weights or "$FLOWERGAN_INCEPTION_WEIGHTS or the cache"}
 
 
 def _dataset(cfg: Config) -> dict[str, Any]:
@@ -36,10 +52,10 @@ def provenance(name: str, cfg: Config) -> dict[str, Any]:
     m = SCORE.match(name)
     if m:
         n = int(m.group(2)) * (1000 if m.group(3) else 1)
+        stat = m.group(4) or ""
         return {"source": "in-training evaluation (flowergan_eval)", "metric": m.group(1).upper(),
-                "statistic": "standard deviation over KID subsets" if m.group(4) else "value",
-                "n_generated": n, "extractor": EXTRACTOR,
-                "extractor_weights": cfg.eval.inception_weights or "$FLOWERGAN_INCEPTION_WEIGHTS or the cache",
+                "statistic": STATISTICS.get(stat, stat.lstrip("/") or "value"),
+                "n_generated": n, **_extractor(m.group(1), cfg),
                 "reference": cfg.eval.data or cfg.data.path, "z_seed": cfg.train.seed,
                 "weights": "G_ema" if cfg.train.ema else "G"}
     return {"source": f"training loop: mean over the last {cfg.log.every} steps before this checkpoint"
@@ -71,7 +87,7 @@ def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> di
     metrics = {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, (int, float))}
     dataset = _dataset(cfg)
     scores = [{"type": m.group(1), "name": k, "value": v} for k, v in metrics.items()
-              if (m := SCORE.match(k)) and not m.group(4)]
+              if (m := SCORE.match(k)) and m.group(4) != "/std"]
     card: dict[str, Any] = {
         "library_name": "flowergan",
         "pipeline_tag": "unconditional-image-generation",

@@ -100,6 +100,10 @@ def resolve_paths(cfg: Config) -> Config:
         elif value and not _is_uri(value) and not value.startswith("/"):
             raise UserError(f"{name}: {value!r} is relative, but with a ray:// address it is read on the cluster; "
                             "give an absolute path as the cluster's pods see it (or an s3:// / gs:// URI)")
+    # eval.features may name a file (TorchScript, a SynthNet folder, or NAME=FILE): absolute, like the paths above.
+    name, sep, file = cfg.eval.features.rpartition("=") if "=" in cfg.eval.features else ("", "", cfg.eval.features)
+    if file not in ("", "inception", "synth") and not _remote_driver(cfg):
+        cfg.eval.features = f"{name}{sep}{_absolute(file)}"
     return cfg
 
 
