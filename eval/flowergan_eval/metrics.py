@@ -10,7 +10,6 @@ picks the best checkpoint; the CLI and the in-training evaluation both go throug
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -279,14 +278,6 @@ def metric_name(base: str, n: int) -> str:
 def best_key(base: str, n: int) -> str:
     """The score that picks the best checkpoint for a metric: 'kid1k', 'modes1k/covered'."""
     return metric_name(base, n) + REGISTRY[base].headline
-
-
-def parse_metric_name(name: str) -> tuple[str, int]:
-    """'fid10k' -> ('fid', 10000); 'kid500' -> ('kid', 500)."""
-    m = re.fullmatch(r"([a-z_]+?)(\d+)(k?)", name)
-    if not m or m.group(1) not in REGISTRY:
-        raise KeyError(f"not a metric name: {name!r} (expected e.g. fid10k, kid1k, is50k, prdc10k)")
-    return m.group(1), int(m.group(2)) * (1000 if m.group(3) else 1)
 
 
 def compute(base: str, n: int, gen: dict, ref: dict | None, **kwargs: object) -> dict[str, float]:
