@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,13 +221,10 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(step: Step, n: int, device: torch.device) -> float:
-    """Seconds for n iterations, the device drained before and after."""
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    _sync(device)
-    return time.perf_counter() - t0
+    """Seconds for n iterations, the device drained before and after (train_step.py's timer)."""
+    from train_step import time_steps
+
+    return time_steps(step, n, device)
 
 
 def warm_up(step: Step, n: int, device: torch.device) -> tuple[float, float | None]:

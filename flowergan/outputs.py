@@ -39,11 +39,18 @@ def publish(tmp: Path, out: Path) -> None:
     os.umask(umask)
     for p in [tmp, *(tmp.rglob("*") if tmp.is_dir() else [])]:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+    swap_in(tmp, out)
+
+
+def swap_in(tmp: Path, out: Path) -> Path:
+    """Rename the finished `tmp` to `out`; an old `out` is moved aside first and then deleted, so a reader sees
+    the old one or the new one, never a mix (a directory cannot be renamed over a non-empty one)."""
     old = out.with_name(f".tmp-old-{out.name}-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     remove(old)
+    return out
 
 
 def remove(path: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _procs import descendants
 
 from flowergan.errors import UserError
 from flowergan.train import checkpoint as ckpt_io
@@ -48,23 +49,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (from /proc; no psutil here)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -129,13 +113,13 @@ def ray_head():
     finally:
         # Stop exactly this cluster: the `ray start` process, everything below it, and anything else that runs
         # from its temp dir (no `ray stop`, which would stop every Ray on the machine).
-        pids = [head.pid, *_descendants(head.pid)]
+        pids = [head.pid, *descendants(head.pid)]
         _kill(pids, signal.SIGTERM)
         try:
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        _kill([*pids, *_descendants(head.pid), *_processes_mentioning(temp_dir)], signal.SIGKILL)
+        _kill([*pids, *descendants(head.pid), *_processes_mentioning(temp_dir)], signal.SIGKILL)
         head.wait()
         log.close()
         time.sleep(1)
@@ -147,7 +131,7 @@ def ray_head():
 def _job_processes(head_pid: int) -> list[int]:
     """Ray Train's controller and worker processes under the head (Ray names them in their command line)."""
     out = []
-    for pid in _descendants(head_pid):
+    for pid in descendants(head_pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _procs import descendants
 from safetensors.torch import load_file
 
 from flowergan.train import checkpoint as ckpt_io
@@ -54,23 +55,6 @@ def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (torchrun starts each rank in a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _final_state(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt_io.list_checkpoints(run / "checkpoints")[-1] / "models.safetensors"))
 
@@ -103,7 +87,7 @@ def test_sigkilled_job_resumes_bit_identical_on_every_rank(shards: Path, tmp_pat
             assert job.poll() is None and time.time() < deadline, "the job ended before the fault hook fired"
             time.sleep(0.2)
     finally:
-        for pid in [job.pid, *_descendants(job.pid)]:
+        for pid in [job.pid, *descendants(job.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flowergan.errors import UserError
+from flowergan.outputs import swap_in
 from flowergan_eval import metrics as M
 from flowergan_eval.real import RealSet, load_real
 from flowergan_eval.weights import cache_dir
@@ -180,14 +180,7 @@ def save_files(out: Path, weights: dict[str, dict[str, torch.Tensor]], infos: di
         save_file(state, str(tmp / name))
     for name, info in infos.items():
         (tmp / name).write_text(json.dumps(info, indent=1))
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
+    return swap_in(tmp, out)
 
 
 def save(model: Oracle, info: dict[str, Any], out: Path) -> Path:

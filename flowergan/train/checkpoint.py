@@ -28,6 +28,7 @@ import flowergan
 from flowergan.config import Config, ConfigError, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Discriminator, Generator, build_models
+from flowergan.outputs import swap_in
 from flowergan.train import rng
 from flowergan.train.rng import RngState
 from flowergan.train.state import NETS, TrainState
@@ -113,14 +114,7 @@ def mark_best(ckpt: Path) -> Path:
     best = ckpt.parent / "best"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=ckpt.parent))
     shutil.copytree(ckpt, tmp, dirs_exist_ok=True)
-    if best.exists():
-        old = best.with_name(f".tmp-old-best-{os.getpid()}")
-        os.replace(best, old)
-        os.replace(tmp, best)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, best)
-    return best
+    return swap_in(tmp, best)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
