@@ -152,8 +152,9 @@ def test_features_path_runs_a_users_torchscript_backbone(tmp_path_factory, tmp_p
     r = json.loads(result.stdout)
     assert r["extractor_of"]["fid12"].startswith("torchscript pool4.pt[") and "48-d" in r["provenance"]["extractor"]
     # The same number by hand: the module's features of the real images and of G's samples, and the pure FID.
-    from flowergan.train.checkpoint import load_generator
     from flowergan_eval import features as FT
+
+    from flowergan.train.checkpoint import load_generator
 
     G, cfg = load_generator(run / "checkpoints" / "step-00000100")
     fake = torch.cat(list(FT.generate(G, FT.latents(12, cfg.model.nz, 0))))
@@ -162,6 +163,28 @@ def test_features_path_runs_a_users_torchscript_backbone(tmp_path_factory, tmp_p
     assert r["metrics"]["fid12"] == pytest.approx(expected, rel=1e-4)
     bad = CliRunner().invoke(app, ["is", "--ckpt", str(run), "--n", "12", "--features", str(module), "--no-progress"])
     assert isinstance(bad.exception, UserError) and "is needs class logits" in str(bad.exception)
+
+
+@pytest.mark.slow  # importing torchvision alone takes 10-40 s on the shared 2 cores
+def test_features_name_equals_state_dict_builds_a_torchvision_backbone(tmp_path_factory, tmp_path):
+    """NAME=FILE: the user's weights for a torchvision architecture, read with weights_only=True, head dropped."""
+    import torchvision.models as tvm
+
+    base = tmp_path_factory.getbasetemp()
+    data = testing.synth_shards(base, 24, seed=24)
+    run = testing.checkpoint(base / "run-synth", weight_std=0.05)
+    torch.manual_seed(0)
+    net = tvm.squeezenet1_1(weights=None)
+    torch.save(net.state_dict(), tmp_path / "squeeze.pth")
+    spec = f"squeezenet1_1={tmp_path / 'squeeze.pth'}"
+    result = CliRunner().invoke(app, ["kid", "--ckpt", str(run), "--data", str(data), "--n", "8", "--json",
+                                      "--no-progress", "--features", spec])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    r = json.loads(result.stdout)
+    assert r["extractor_of"]["kid8"].startswith("squeezenet1_1 squeeze.pth[") and math.isfinite(r["metrics"]["kid8"])
+    wrong = CliRunner().invoke(app, ["kid", "--ckpt", str(run), "--data", str(data), "--n", "8", "--no-progress",
+                                     "--features", f"resnet18={tmp_path / 'squeeze.pth'}"])
+    assert isinstance(wrong.exception, UserError) and "does not fit resnet18" in str(wrong.exception)
 
 
 def test_features_names_what_is_allowed(tmp_path_factory):

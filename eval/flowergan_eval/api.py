@@ -1,8 +1,9 @@
-"""Public API of flowergan_eval: evaluate a checkpoint (used by the CLI) and a cheap in-training metric.
+"""Public API of flowergan_eval: evaluate a checkpoint (used by the CLI), in-training metrics, synth_scores.
 
-`in_training_metric` is what the training loop calls every `eval.every` steps: the extractor and the
-reference statistics are loaded once per process (and the statistics cached on disk), so each call costs
-only n generated images through Inception.
+`in_training_metric` is what the training loop calls every `eval.every` steps, for any registry metric: the
+extractor and the reference statistics are loaded once per process (and the statistics cached on disk), so each
+call costs only n generated images through the extractor. `synth_scores` gives the SynthFlowers quality numbers
+(synth-FD, modes covered, KL) of a generator for benchmarks, with nothing to download.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Evaluation:
         self.G: nn.Module | None = None
         self.generator_name = "G"
         self.state: dict[str, Any] = {}
+        self.extractor_of: dict[str, str] = {}  # metric key -> the network that read the images
         if ckpt is not None:
             from flowergan.train.checkpoint import load_generator, read_state, resolve_checkpoint
 
@@ -198,7 +200,7 @@ class Evaluation:
         """Registered metrics of n generated images, each in its extractor's features (`self.extractor_of` names
         the extractor of every key)."""
         out: dict[str, float] = {}
-        names: dict[str, str] = self.__dict__.setdefault("extractor_of", {})
+        names = self.extractor_of
         for base in bases:
             entry = M.REGISTRY[base]
             if entry.features == "oracle":

@@ -2,7 +2,9 @@
 
 Nothing here runs a network: `features.py` turns images into arrays, these functions turn arrays into
 numbers. A metric's reported name carries its sample count (`fid10k`, `kid1k`), because FID and IS are
-biased by N and numbers at different N must not be compared.
+biased by N and numbers at different N must not be compared. Each registry entry says whether lower is
+better, which extractor it reads by default (`inception`, `synth`, or the mode `oracle`) and which of its numbers
+picks the best checkpoint; the CLI and the in-training evaluation both go through it.
 """
 
 from __future__ import annotations

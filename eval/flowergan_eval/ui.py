@@ -65,8 +65,11 @@ def print_result(result: dict[str, Any], *, console: Console | None = None) -> N
         table.add_column("metric")
         table.add_column("value", justify="right")
         table.add_column("N", justify="right")
+        # Every number names the network that read the images: the provenance line when one did, else a column.
         read_by = result.get("extractor_of") or {}
-        if read_by:  # every number names the network that read the images
+        if len(set(read_by.values())) < 2:
+            read_by = {}
+        if read_by:
             table.add_column("extractor")
         table.add_column("meaning")
         notes = result.get("notes", {})
