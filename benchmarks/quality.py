@@ -153,7 +153,7 @@ def side_by_side(paths: list[Path], out: Path) -> None:
     canvas.save(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="real photos (shards, tar or folder); default: SynthFlowers")
     ap.add_argument("--synth", default=str(ROOT / "data" / "synth64"), help="SynthFlowers shards (made if absent)")
@@ -170,7 +170,7 @@ def main() -> None:
                     "instead of training it again")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
                     "machine, where OpenMP spin-waits)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     for s in args.set:
         parse_override(s)
     if args.threads:

@@ -22,7 +22,7 @@ def anchors(page: Path) -> set[str]:
 def test_readme_is_short_and_links_every_topic_page():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
-    for topic in ("data", "training", "cluster", "sweeps", "metrics", "benchmarks"):
+    for topic in ("data", "training", "cluster", "sweeps", "metrics", "quality", "benchmarks"):
         assert f"(docs/{topic}.md)" in text, topic
 
 

@@ -129,3 +129,33 @@ def test_export_of_a_batch_run_says_how_its_statistics_were_made(batch_run: Path
     G_ema, _ = load_generator(batch_run)
     exported = load_file(str(out / "model.safetensors"))
     assert torch.equal(exported["main.1.running_mean"], G_ema.main[1].running_mean)
+
+
+@pytest.mark.slow  # two tiny trainings plus the oracle and SynthNet fitted on the 256 shards: ~1 min on 2 cores
+def test_quality_benchmark_prints_both_recipes_and_the_ratio(shards: Path, tmp_path: Path, monkeypatch, capsys
+                                                             ) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("FLOWERGAN_CACHE_DIR", str(tmp_path / "cache"))  # the oracle and SynthNet of these shards
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--synth", str(shards), "--steps", "2", "--ngf", "4", "--batch", "8", "--n", "64", "--threads", "1",
+            "--out", str(tmp_path / "q")]
+    bench.main(args)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("quality ratio=") and float(out[-1].split("=")[1]) > 0
+    rows = [json.loads(line) for line in out if line.startswith("{")]
+    assert [r["recipe"] for r in rows] == ["tutorial", "flowergan"]
+    assert all("synth_fd64" in r and 0 <= r["modes_covered"] <= 48 for r in rows)
+    assert {p.name for p in (tmp_path / "q").glob("*.png")} == {"quality-tutorial.png", "quality-flowergan.png",
+                                                                  "quality-side-by-side.png"}
+    tutorial = load_config(tmp_path / "q" / "run-tutorial" / "config.toml")
+    assert (tutorial.train.real_label, tutorial.train.fake_label, tutorial.train.ema) == (1.0, 0.0, False)
+    # --reuse scores the finished runs again without training: the same numbers, no new checkpoint written.
+    mtime = (tmp_path / "q" / "run-flowergan" / "train.json").stat().st_mtime
+    bench.main([*args, "--reuse"])
+    again = capsys.readouterr().out.strip().splitlines()
+    assert again[-1] == out[-1] and (tmp_path / "q" / "run-flowergan" / "train.json").stat().st_mtime == mtime
