@@ -3,8 +3,8 @@ cleaner needs): 4 trials of a tiny 64 px DCGAN through the real `flowergan tune`
 in-training metric synth_fd (SynthNet, trained once up front on the same shards; no Inception weights). The sweep
 driver is killed with SIGKILL once a trial has finished; `--resume` restores it through Tune, finishes without
 rerunning that trial, at least one trial was stopped early, a failing trial is reported with its error while the
-others go on, the table names the best trial, results.csv/json agree, and every trial's TensorBoard events sit
-under one logdir."""
+others go on, the table names the best trial, results.csv/json agree, every trial's TensorBoard events sit under
+one logdir, and MLflow (log.backends) holds one run per trial in the sweep's store."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def _kill_leftovers(temp_dir: str) -> None:
 def _tune(env, sweep: Path, *extra: str) -> list[str]:
     return [str(BIN / "flowergan"), "tune", "--config", str(env["base"] / "job.toml"), "--space",
             str(env["base"] / "space.toml"), "--out", str(sweep), "--address", env["address"], "--max-concurrent", "2",
-            "--set", f"data.path={env['shards']}", *extra]
+            "--set", f"data.path={env['shards']}", "--set", "log.backends=tensorboard,mlflow", *extra]
 
 
 def _terminated(sweep: Path) -> list[str]:
@@ -187,6 +187,22 @@ def test_sweep_killed_resumed_stops_early_and_names_the_best(env) -> None:
     with (sweep / "results.csv").open() as f:
         table = {r["trial"]: r for r in csv.DictReader(f)}
     assert set(table) == set(rows) and table[doc["best"]]["status"] == best["status"]
+
+    # MLflow (log.backends): one file store for the sweep, one experiment, one run per trial that trained, read
+    # back through MLflow's own client; the resumed trial continued its run instead of starting a second one.
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(sweep / "mlruns").as_uri())
+    exp = client.get_experiment_by_name("sweep")
+    assert exp is not None
+    ml_runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(ml_runs) == {r["trial"] for r in sane}
+    for r in sane:
+        history = client.get_metric_history(ml_runs[r["trial"]].info.run_id, "Eval/synth_fd16")
+        logged = {(m.step, round(m.value, 5)) for m in history}
+        assert {(step, round(v, 5)) for step, v in r["scores"]} <= logged, (r["scores"], logged)
+        assert ml_runs[r["trial"]].data.params["optim.lr_g"] == str(r["values"]["optim.lr_g"])
 
     # One TensorBoard logdir overlays every trial that trained: its runs are the trials' tb folders.
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
