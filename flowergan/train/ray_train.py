@@ -1,4 +1,4 @@
-"""Ray Train: the training loop in N workers (DDP over gloo or NCCL). The only module that imports ray.
+"""Ray Train: the training loop in N workers (DDP over gloo or NCCL). The only train module that imports ray.
 
 `run_ray(cfg)` starts a `TorchTrainer` whose workers each call `loop.train()`; rank 0 writes the run dir
 (TensorBoard, samples, checkpoints) and every checkpoint is also reported to Ray Train, which copies it to

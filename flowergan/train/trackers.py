@@ -70,8 +70,7 @@ class MLflowTracker:
             # MLflow >= 3.x refuses its file store unless asked; a local folder is what a laptop run wants.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        exp_id = self._experiment_id(experiment)
         id_file = run_dir / self.ID_FILE
         stored = json.loads(id_file.read_text()) if id_file.is_file() else {}
         if stored.get("uri") == uri and stored.get("experiment_id") == exp_id:
@@ -85,6 +84,21 @@ class MLflowTracker:
             tmp = id_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"uri": uri, "experiment_id": exp_id, "run_id": self.run_id}))
             os.replace(tmp, id_file)
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment's id, created if missing; sweep trials starting together may race to create it."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self.client.create_experiment(name))
+        except MlflowException:  # another trial created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric

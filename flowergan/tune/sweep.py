@@ -98,7 +98,10 @@ def _concurrency(cfg: Config, opts: SweepOptions) -> int:
 
 
 def _record(cfg: Config, params: list[Param], opts: SweepOptions) -> dict[str, Any]:
-    return {"config": cfg.to_dict(), "space": [dataclasses.asdict(p) for p in params],
+    """What a resumed sweep must match (the Ray address may differ: a resumed sweep may run on another head)."""
+    config = cfg.to_dict()
+    config["cluster"].pop("address")
+    return {"config": config, "space": [dataclasses.asdict(p) for p in params],
             "num_samples": opts.num_samples, "scheduler": opts.scheduler}
 
 
@@ -122,11 +125,11 @@ def _check_state(out: Path, record: dict[str, Any], opts: SweepOptions) -> bool:
 
 def _prepare(cfg: Config, out: Path) -> Config:
     """The base config every trial starts from: absolute paths, trackers pointed at the sweep."""
+    shared_storage = bool(cfg.cluster.storage_path)
     cfg = resolve_paths(cfg)
-    if cfg.cluster.storage_path and Path(cfg.cluster.storage_path) == Path(cfg.log.run_dir):
-        cfg.cluster.storage_path = ""  # resolve_paths' default (the run dir): each trial gets its own instead
-    elif cfg.cluster.storage_path:
-        cfg.cluster.storage_path = f"{cfg.cluster.storage_path.rstrip('/')}/sweeps/{out.name}"
+    # Each trial's storage: <cluster.storage_path>/sweeps/<sweep>/<trial>, or <out>/ray/<trial> (trial.py).
+    cfg.cluster.storage_path = f"{cfg.cluster.storage_path.rstrip('/')}/sweeps/{out.name}" if shared_storage else ""
+    cfg.log.run_dir = str(out / "runs")  # each trial's run dir is runs/<trial> (trial.py)
     if "mlflow" in backends(cfg.log) and not cfg.log.mlflow_uri:
         import os
 
@@ -199,7 +202,11 @@ def _error_line(error: BaseException) -> str:
 def _row(result: Any, base: Config, params: list[Param], key: str, lower: bool, out: Path) -> R.TrialRow:
     """One trial's row from its Tune result (its progress has one line per evaluation)."""
     name = Path(result.path).name
-    values = {p.field: result.config.get(p.field) for p in params}
+    config = result.config
+    if config is None:  # a trial that had failed before a restore comes back without its config
+        params_file = Path(result.path) / "params.json"
+        config = json.loads(params_file.read_text()) if params_file.is_file() else {}
+    values = {p.field: config.get(p.field) for p in params}
     df = result.metrics_dataframe
     scores: list[tuple[int, float]] = []
     ckpts: dict[int, str] = {}

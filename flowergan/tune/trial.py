@@ -31,7 +31,9 @@ class ReportScores(TuneReportCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if metrics and self.key in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
+            # Scalars only: Tune's loggers cannot write the per-rank parameter hashes (a list).
+            scalars = {k: v for k, v in metrics[0].items() if not isinstance(v, (list, tuple, dict))}
+            super().after_report(run_context, [scalars, *metrics[1:]], checkpoint)
 
 
 def _short(value: Any) -> str:
