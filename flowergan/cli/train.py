@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flowergan.cli import app
-from flowergan.cli.options import Address, DryRun, JobFile, Overrides
+from flowergan.cli.options import Address, CpusPerWorker, DryRun, GpusPerWorker, JobFile, Overrides, Workers
 from flowergan.config import Config, describe, load_config
 from flowergan.errors import UserError
 
@@ -18,10 +18,7 @@ if TYPE_CHECKING:
     from flowergan.train.evaluation import Evaluate
 
 
-# Options as Annotated aliases (one style in every command; `flowergan tune` shares the job-file ones).
-Workers = Annotated[int | None, typer.Option("--workers", help="Ray Train workers (cluster.workers).")]
-GpusPerWorker = Annotated[float | None, typer.Option("--gpus-per-worker", help="cluster.gpus_per_worker")]
-CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", help="cluster.cpus_per_worker")]
+# Options as Annotated aliases (one style in every command; the shared ones are in cli/options.py).
 RunDir = Annotated[str | None, typer.Option("--run-dir", help="Where outputs go (overrides log.run_dir).")]
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda (overrides train.device).")]
 Ray = Annotated[bool, typer.Option("--ray", help="Run as Ray Train workers (DDP) instead of one process.")]

@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 
 from flowergan.cli import app
+from flowergan.cli.options import Address, CpusPerWorker, DryRun, GpusPerWorker, Overrides, Workers
 from flowergan.config import load_config
+
+BaseJob = Annotated[Path, typer.Option("--config", "-c", help="Job file every trial starts from (TOML).")]
+Space = Annotated[Path, typer.Option("--space", help="Search space (TOML), e.g. jobs/sweeps/seed001.toml.")]
+SweepDir = Annotated[Path | None, typer.Option("--out", help="Sweep dir (default runs/sweeps/<space file's stem>).")]
+NumSamples = Annotated[int, typer.Option("--num-samples", min=1, help="Repeats of the grid (draws per repeat).")]
+Scheduler = Annotated[Literal["asha", "fifo"], typer.Option("--scheduler", help="asha stops weak trials early.")]
+MaxConcurrent = Annotated[int, typer.Option("--max-concurrent", min=0, help="Trials at once (0 = what fits).")]
+GracePeriod = Annotated[int, typer.Option("--grace-period", min=1, help="ASHA: evaluations before a stop.")]
+ResumeSweep = Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out (finished trials stay).")]
+AutoResume = Annotated[bool, typer.Option("--auto-resume", help="Resume if --out holds a sweep, else start.")]
+UseRay = Annotated[bool, typer.Option("--ray/--no-ray", hidden=True, help="Sweeps always run on Ray.")]
 
 
 @app.command()
-def tune(
-    config: Path = typer.Option(..., "--config", "-c", help="Job file every trial starts from (TOML)."),
-    space: Path = typer.Option(..., "--space", help="Search space (TOML), e.g. jobs/sweeps/seed001.toml."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override of the base config: section.key=value."),
-    out: Path | None = typer.Option(None, "--out", help="Sweep dir (default runs/sweeps/<space file's stem>)."),
-    num_samples: int = typer.Option(1, "--num-samples", min=1, help="Repeats of the grid (draws per repeat)."),
-    scheduler: Literal["asha", "fifo"] = typer.Option("asha", "--scheduler", help="asha stops weak trials early."),
-    max_concurrent: int = typer.Option(0, "--max-concurrent", min=0, help="Trials at once (0 = what fits)."),
-    grace_period: int = typer.Option(1, "--grace-period", min=1, help="ASHA: evaluations before a stop."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out (finished trials stay)."),
-    auto_resume: bool = typer.Option(False, "--auto-resume", help="Resume if --out holds a sweep, else start."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and space, print them, exit."),
-    ray: bool = typer.Option(True, "--ray/--no-ray", hidden=True, help="Sweeps always run on Ray."),
-    address: str | None = typer.Option(None, "--address", help="Ray address: auto or ray://HOST:10001."),
-    workers: int | None = typer.Option(None, "--workers", help="Ray Train workers per trial."),
-    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", help="cluster.gpus_per_worker"),
-    cpus_per_worker: float | None = typer.Option(None, "--cpus-per-worker", help="cluster.cpus_per_worker"),
-) -> None:
+def tune(config: BaseJob, space: Space, set_: Overrides = [], out: SweepDir = None,  # noqa: B006
+         num_samples: NumSamples = 1, scheduler: Scheduler = "asha", max_concurrent: MaxConcurrent = 0,
+         grace_period: GracePeriod = 1, resume: ResumeSweep = False, auto_resume: AutoResume = False,
+         dry_run: DryRun = False, ray: UseRay = True, address: Address = None, workers: Workers = None,
+         gpus_per_worker: GpusPerWorker = None, cpus_per_worker: CpusPerWorker = None) -> None:
     """Sweep config fields with Ray Tune: every trial a full Ray Train run, ASHA on the in-training metric."""
     from flowergan.errors import UserError
     from flowergan.tune.space import describe, grid_size, load_space
