@@ -1,9 +1,9 @@
 """Reference statistics of real images, cached on disk and in memory.
 
 The cache key hashes everything the numbers depend on: the data fingerprint (of the decoded pixels, else the
-sha256 of every shard), the resolution, the extractor's weights (sha256), the resize mode and the number of images. A cache file
-is written to a temporary name and renamed with os.replace, so a crash or a parallel writer never leaves a
-half-written file that a later run would trust.
+sha256 of every shard), the resolution, the extractor's weights (sha256), the resize mode and the number of
+images. A cache file is written to a temporary name and renamed with os.replace, so a crash or a parallel
+writer never leaves a half-written file that a later run would trust.
 """
 
 from __future__ import annotations
