@@ -248,7 +248,8 @@ def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ConfigError(f"{name}: {value!r} is out of range; allowed: {bounds}")
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any, from_text: bool) -> None:
+def apply_value(cfg: Config, section: str, key: str, value: Any, from_text: bool) -> None:
+    """Set `[section] key = value` on `cfg`, checked as the TOML loader checks it (text is parsed like --set)."""
     if section not in SECTIONS:
         raise ConfigError(f"unknown section [{section}]; sections are: {', '.join(SECTIONS)}")
     sec = getattr(cfg, section)
@@ -294,7 +295,7 @@ def from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table of key = value pairs")
         for key, value in values.items():
-            _apply(cfg, section, key, value, from_text=False)
+            apply_value(cfg, section, key, value, from_text=False)
     return validate(cfg)
 
 
@@ -324,12 +325,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: [{section}] must be a table of key = value pairs")
         for key, value in values.items():
             try:
-                _apply(cfg, section, key, value, from_text=False)
+                apply_value(cfg, section, key, value, from_text=False)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
     for text in overrides:
         try:
-            _apply(cfg, *parse_override(text), from_text=True)
+            apply_value(cfg, *parse_override(text), from_text=True)
         except ConfigError as e:
             raise ConfigError(f"--set {text}: {e}") from None
     if path is not None and not cfg.cluster.name:

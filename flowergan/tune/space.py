@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowergan.config import Config, ConfigError, from_dict, validate
-from flowergan.config import _apply as apply_value
+from flowergan.config import Config, ConfigError, apply_value, from_dict, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
