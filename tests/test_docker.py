@@ -174,11 +174,16 @@ def test_image_torch_is_the_torch_the_tests_run() -> None:
 def test_installed_packages_match_the_constraints() -> None:
     """`make install` installs under the constraints: a pinned package at another version means the constraints
     file is stale (regenerate it: see its header)."""
+    import site
+    import sysconfig
     from importlib import metadata
 
     pinned = pins()
     stale = {}
-    for dist in metadata.distributions():
+    # The environment's own site-packages only: once something imports setuptools, its vendored copies
+    # (setuptools/_vendor/*.dist-info: packaging, platformdirs, ...) are on sys.path too, and they are not installs.
+    where = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    for dist in metadata.distributions(path=sorted(set(where))):
         name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
         if name in pinned and dist.version.split("+")[0] != pinned[name]:
             stale[name] = (dist.version, pinned[name])
