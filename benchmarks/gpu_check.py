@@ -217,12 +217,7 @@ def end_to_end(args: argparse.Namespace, device: torch.device, shards: Path, wor
     if device.type == "cuda":
         sampler.start()
     t0 = time.monotonic()
-    with open(out_dir / "e2e_train.log", "w") as log:
-        try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                timeout=max(30.0, deadline - time.monotonic())).returncode
-        except subprocess.TimeoutExpired:
-            rc = -9
+    rc = _run_logged(cmd, out_dir / "e2e_train.log", deadline)
     wall = time.monotonic() - t0
     sampler.stop.set()
     result: dict[str, Any] = {"command": " ".join(cmd[1:]), "variant": v.name, "batch": batch, "steps": n_steps,
@@ -233,6 +228,16 @@ def end_to_end(args: argparse.Namespace, device: torch.device, shards: Path, wor
     if tut and result.get("img_per_s_steady"):
         result["ratio_vs_tutorial"] = round(result["img_per_s_steady"] / tut, 3)
     return result
+
+
+def _run_logged(cmd: list[str], log_path: Path, deadline: float) -> int:
+    """Run `cmd` in the checkout with its output in `log_path`, stopped at the deadline (at least 30 s); -9 if so."""
+    with open(log_path, "w") as log:
+        try:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                  timeout=max(30.0, deadline - time.monotonic())).returncode
+        except subprocess.TimeoutExpired:
+            return -9
 
 
 def _speeds(metrics: Path, batch: int, wall: float) -> dict[str, Any]:
@@ -266,12 +271,7 @@ def gpu_tests(out_dir: Path, deadline: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
            f"--junitxml={xml}", "--timeout=300", *files]
     t0 = time.monotonic()
-    with open(out_dir / "pytest_gpu.log", "w") as log:
-        try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                timeout=max(30.0, deadline - time.monotonic())).returncode
-        except subprocess.TimeoutExpired:
-            rc = -9
+    rc = _run_logged(cmd, out_dir / "pytest_gpu.log", deadline)
     result: dict[str, Any] = {"rc": rc, "files": files, "seconds": round(time.monotonic() - t0, 1)}
     if xml.is_file():
         suite = ET.parse(xml).getroot()
