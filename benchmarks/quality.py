@@ -13,11 +13,17 @@ generated mode distribution to uniform, in nats) and by synth-FD, the Fréchet d
 eval package's SynthFlowers CNN (`flowergan_eval.api.synth_scores`); the last line is
 `quality ratio=<flowergan synth-FD / tutorial synth-FD>` (lower is better). `--data PATH` trains on real photos
 (shards or the flowers5-128 tar, resized to 64 px), where the oracle does not apply: it prints FD in the features of
-the SynthFlowers CNN as a rough proxy if available and always saves the grids side by side.
+a SynthNet the eval package trains on the photos' classes and saves the grids side by side.
 
     python benchmarks/quality.py                              # SynthFlowers, 700 G steps per recipe
     python benchmarks/quality.py --steps 300 --ngf 32 --recipes flowergan --set train.r1_gamma=1 --tag r1
     python benchmarks/quality.py --data ../shared/data/flowers5-128.tar
+    python benchmarks/quality.py --ngf 32 --steps 4000 --every 500 --recipes flowergan    # the budget curve
+
+`--every K` keeps a checkpoint every K G steps and scores each of them the same way (rows `{"curve": ...}`, also
+appended to curve.jsonl), so one run names the step at which the targets (48/48 modes, KL <= 0.05 nats) are first
+met, or the best it got to; `--extend` continues a recipe's earlier run of the same recipe to a larger --steps
+instead of training it again from step 0.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ import torch
 from flowergan import visuals
 from flowergan.config import Config, ConfigError, load_config, parse_override
 from flowergan.generation import for_sampling, iter_samples
-from flowergan.train.checkpoint import load_generator, step_dir_name
+from flowergan.train.checkpoint import list_checkpoints, load_generator, step_dir_name, step_of
 from flowergan.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGET_MODES, TARGET_KL = 48, 0.05  # the issue's targets for flowergan's default on SynthFlowers
 RECIPE_SECTIONS = ("model", "optim", "train")
 TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "train.amp=off",
             "train.diffaugment=", "train.r1_gamma=0", "model.d_pack=1", "model.g_sample_bn=eval",
@@ -54,7 +61,8 @@ def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path)
                 if not (s == "train" and k in ("epochs", "steps", "checkpoint_every", "keep_checkpoints", "device"))]
     sets += [f"data.path={data}", "data.cache=memory", "data.workers=0", f"train.steps={args.steps}",
              "train.epochs=0", f"train.batch_size={args.batch}", f"train.seed={args.seed}", "train.device=cpu",
-             f"train.checkpoint_every={args.steps}", "train.keep_checkpoints=1", f"log.run_dir={run_dir}",
+             f"train.checkpoint_every={args.every or args.steps}",
+             f"train.keep_checkpoints={args.steps // args.every + 1 if args.every else 1}", f"log.run_dir={run_dir}",
              "log.every=50", f"log.sample_every={args.steps}", "log.tensorboard=false", "log.progress=false",
              "eval.every=0", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}", "model.resolution=64"]
     sets += TUTORIAL if name == "tutorial" else list(args.set)
@@ -104,13 +112,16 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
     if args.reuse and finished(run_dir, cfg):
         last, train_s = {}, float(json.loads((run_dir / "train.json").read_text())["train_s"])
     else:
-        if run_dir.exists():
+        earlier = extendable(run_dir, cfg) if args.extend else None
+        if earlier is None and run_dir.exists():
             import shutil
 
             shutil.rmtree(run_dir)
-        last = train(cfg)
-        train_s = time.perf_counter() - t0
+        last = train(cfg, resume=earlier is not None)
+        train_s = time.perf_counter() - t0 + (earlier or 0.0)
         (run_dir / "train.json").write_text(json.dumps({"train_s": train_s, **last}))
+        if args.every:  # a reused run's curve is already in curve.jsonl
+            curve(name, args, cfg, run_dir, data, synth)
     trained, _ = load_generator(run_dir, ema=cfg.train.ema)
     G = for_sampling(trained, cfg.model.g_sample_bn).eval()  # the network the loop's grids and exports use
     with torch.no_grad():
@@ -137,6 +148,42 @@ def finished(run_dir: Path, cfg: Config) -> bool:
     want = cfg.to_dict()
     return (all(saved[s] == want[s] for s in ("data", *RECIPE_SECTIONS)) and (run_dir / "train.json").is_file()
             and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
+
+
+def extendable(run_dir: Path, cfg: Config) -> float | None:
+    """The training seconds of an earlier run in `run_dir` of the same data and recipe (any number of steps, at
+    most cfg's), which `--extend` continues from its newest checkpoint; None when there is none to continue."""
+    try:
+        saved = load_config(run_dir / "config.toml").to_dict()
+        train_s = float(json.loads((run_dir / "train.json").read_text())["train_s"])
+    except (OSError, ConfigError, ValueError, KeyError):
+        return None
+    want = cfg.to_dict()
+    loose = ("steps", "checkpoint_every", "keep_checkpoints")  # what extending changes; the recipe may not
+    same = all(saved[s] == want[s] for s in ("data", "model", "optim")) and all(
+        v == want["train"][k] for k, v in saved["train"].items() if k not in loose)
+    return train_s if same and saved["train"]["steps"] <= cfg.train.steps else None
+
+
+def curve(name: str, args: argparse.Namespace, cfg: Config, run_dir: Path, data: str, synth: bool) -> None:
+    """Score every kept checkpoint (every --every steps) like the final one and say when the targets are met."""
+    met, rows = None, []
+    for ckpt in list_checkpoints(run_dir / "checkpoints"):
+        trained, _ = load_generator(ckpt, ema=cfg.train.ema)
+        row = {"recipe": name, "tag": args.tag, "step": step_of(ckpt),
+               **score(for_sampling(trained, cfg.model.g_sample_bn).eval(), cfg, data, args.n, synth)}
+        print(json.dumps({"curve": row}), flush=True)
+        rows.append(row)
+        if met is None and synth and row["modes_covered"] >= TARGET_MODES and row["modes_kl"] <= TARGET_KL:
+            met = row["step"]
+    with open(Path(args.out) / "curve.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    if synth and rows:
+        best = max(rows, key=lambda r: (r["modes_covered"], -r["modes_kl"]))
+        print(f"{name}: targets ({TARGET_MODES}/48 modes, KL <= {TARGET_KL} nats) "
+              + (f"first met at step {met}" if met is not None else
+                 f"not met by step {rows[-1]['step']} (best: {best['modes_covered']:.0f}/48, KL "
+                 f"{best['modes_kl']:.3f} at step {best['step']})"), flush=True)
 
 
 def side_by_side(paths: list[Path], out: Path) -> None:
@@ -168,11 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="run dirs, grids, results.jsonl")
     ap.add_argument("--reuse", action="store_true", help="score a recipe's finished run of the same config "
                     "instead of training it again")
+    ap.add_argument("--every", type=int, default=0, help="also keep and score a checkpoint every K G steps "
+                    "(the curve; with SynthFlowers it names the step at which the targets are first met)")
+    ap.add_argument("--extend", action="store_true", help="continue a recipe's earlier run of the same recipe "
+                    "to --steps from its newest checkpoint instead of training again from step 0")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
                     "machine, where OpenMP spin-waits)")
     args = ap.parse_args(argv)
     for s in args.set:
         parse_override(s)
+    if args.every < 0 or (args.every and args.steps % args.every):
+        ap.error(f"--every must divide --steps ({args.steps}); got {args.every}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

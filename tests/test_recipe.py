@@ -159,3 +159,17 @@ def test_quality_benchmark_prints_both_recipes_and_the_ratio(shards: Path, tmp_p
     bench.main([*args, "--reuse"])
     again = capsys.readouterr().out.strip().splitlines()
     assert again[-1] == out[-1] and (tmp_path / "q" / "run-flowergan" / "train.json").stat().st_mtime == mtime
+    # --every scores each kept checkpoint and says whether the targets were met; --extend continues that run.
+    curve_args = [*args[:-1], str(tmp_path / "c"), "--recipes", "flowergan", "--every", "1"]
+    bench.main(curve_args)
+    out = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["curve"]["step"] for line in out if line.startswith('{"curve"')] == [1, 2]
+    assert any(line.startswith("flowergan: targets (48/48 modes, KL <= 0.05 nats) not met by step 2") for line in out)
+    first = tmp_path / "c" / "run-flowergan" / "checkpoints" / "step-00000001"
+    mtime = (first / "models.safetensors").stat().st_mtime
+    bench.main([*curve_args, "--extend", "--steps", "4"])
+    out = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["curve"]["step"] for line in out if line.startswith('{"curve"')] == [1, 2, 3, 4]
+    assert (first / "models.safetensors").stat().st_mtime == mtime  # extended from step 2, not trained again
+    with pytest.raises(SystemExit):
+        bench.main([*curve_args, "--every", "3"])  # must divide --steps
