@@ -141,28 +141,37 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
 def finished(run_dir: Path, cfg: Config) -> bool:
     """Whether `run_dir` already holds this recipe trained to the end (then --reuse only scores it): the same
     [data] [model] [optim] [train] sections, which decide what is trained (where logs went does not)."""
-    try:
-        saved = load_config(run_dir / "config.toml").to_dict()
-    except (OSError, ConfigError):
-        return False
-    want = cfg.to_dict()
-    return (all(saved[s] == want[s] for s in ("data", *RECIPE_SECTIONS)) and (run_dir / "train.json").is_file()
+    saved = _saved_config(run_dir)
+    return (saved is not None and _same_recipe(saved, cfg) and (run_dir / "train.json").is_file()
             and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return load_config(run_dir / "config.toml").to_dict()
+    except (OSError, ConfigError):
+        return None
+
+
+def _same_recipe(saved: dict[str, Any], cfg: Config, loose: tuple[str, ...] = ()) -> bool:
+    """Whether a saved config trains what cfg does: the same data and recipe sections, ignoring [train] `loose`."""
+    want = cfg.to_dict()
+    return all(saved[s] == want[s] for s in ("data", "model", "optim")) and all(
+        v == want["train"].get(k) for k, v in saved["train"].items() if k not in loose)
 
 
 def extendable(run_dir: Path, cfg: Config) -> float | None:
     """The training seconds of an earlier run in `run_dir` of the same data and recipe (any number of steps, at
     most cfg's), which `--extend` continues from its newest checkpoint; None when there is none to continue."""
+    saved = _saved_config(run_dir)
     try:
-        saved = load_config(run_dir / "config.toml").to_dict()
         train_s = float(json.loads((run_dir / "train.json").read_text())["train_s"])
-    except (OSError, ConfigError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):
         return None
-    want = cfg.to_dict()
     loose = ("steps", "checkpoint_every", "keep_checkpoints")  # what extending changes; the recipe may not
-    same = all(saved[s] == want[s] for s in ("data", "model", "optim")) and all(
-        v == want["train"][k] for k, v in saved["train"].items() if k not in loose)
-    return train_s if same and saved["train"]["steps"] <= cfg.train.steps else None
+    if saved is None or not _same_recipe(saved, cfg, loose) or saved["train"]["steps"] > cfg.train.steps:
+        return None
+    return train_s
 
 
 def curve(name: str, args: argparse.Namespace, cfg: Config, run_dir: Path, data: str, synth: bool) -> None:
