@@ -20,8 +20,8 @@ a SynthNet the eval package trains on the photos' classes and saves the grids si
     python benchmarks/quality.py --data ../shared/data/flowers5-128.tar
     python benchmarks/quality.py --ngf 32 --steps 4000 --every 500 --recipes flowergan    # the budget curve
 
-`--every K` keeps a checkpoint every K G steps and scores each of them the same way (rows `{"curve": ...}`, also
-appended to curve.jsonl), so one run names the step at which the targets (48/48 modes, KL <= 0.05 nats) are first
+`--every K` keeps a checkpoint every K G steps and scores each of them the same way (rows `{"curve": ...}`, kept in the
+run dir's curve.jsonl), so one run names the step at which the targets (48/48 modes, KL <= 0.05 nats) are first
 met, or the best it got to; `--extend` continues a recipe's earlier run of the same recipe to a larger --steps
 instead of training it again from step 0.
 """
@@ -120,7 +120,7 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
         last = train(cfg, resume=earlier is not None)
         train_s = time.perf_counter() - t0 + (earlier or 0.0)
         (run_dir / "train.json").write_text(json.dumps({"train_s": train_s, **last}))
-        if args.every:  # a reused run's curve is already in curve.jsonl
+        if args.every:  # a reused run's curve is already in its curve.jsonl
             curve(name, args, cfg, run_dir, data, synth)
     trained, _ = load_generator(run_dir, ema=cfg.train.ema)
     G = for_sampling(trained, cfg.model.g_sample_bn).eval()  # the network the loop's grids and exports use
@@ -175,19 +175,26 @@ def extendable(run_dir: Path, cfg: Config) -> float | None:
 
 
 def curve(name: str, args: argparse.Namespace, cfg: Config, run_dir: Path, data: str, synth: bool) -> None:
-    """Score every kept checkpoint (every --every steps) like the final one and say when the targets are met."""
-    met, rows = None, []
-    for ckpt in list_checkpoints(run_dir / "checkpoints"):
-        trained, _ = load_generator(ckpt, ema=cfg.train.ema)
-        row = {"recipe": name, "tag": args.tag, "step": step_of(ckpt),
-               **score(for_sampling(trained, cfg.model.g_sample_bn).eval(), cfg, data, args.n, synth)}
+    """Score every kept checkpoint (every --every steps) like the final one and say when the targets are met.
+    Rows live in the run dir's curve.jsonl, so an --extend run scores only its new checkpoints."""
+    path = run_dir / "curve.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    scored = {r["step"] for r in rows}
+    with open(path, "a") as f:
+        for ckpt in list_checkpoints(run_dir / "checkpoints"):
+            if step_of(ckpt) in scored:
+                continue
+            trained, _ = load_generator(ckpt, ema=cfg.train.ema)
+            row = {"recipe": name, "tag": args.tag, "step": step_of(ckpt),
+                   **score(for_sampling(trained, cfg.model.g_sample_bn).eval(), cfg, data, args.n, synth)}
+            f.write(json.dumps(row) + "\n")
+            rows.append(row)
+    rows.sort(key=lambda r: r["step"])
+    for row in rows:
         print(json.dumps({"curve": row}), flush=True)
-        rows.append(row)
-        if met is None and synth and row["modes_covered"] >= TARGET_MODES and row["modes_kl"] <= TARGET_KL:
-            met = row["step"]
-    with open(Path(args.out) / "curve.jsonl", "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
     if synth and rows:
+        met = next((r["step"] for r in rows if r["modes_covered"] >= TARGET_MODES and r["modes_kl"] <= TARGET_KL),
+                   None)
         best = max(rows, key=lambda r: (r["modes_covered"], -r["modes_kl"]))
         print(f"{name}: targets ({TARGET_MODES}/48 modes, KL <= {TARGET_KL} nats) "
               + (f"first met at step {met}" if met is not None else

@@ -171,5 +171,7 @@ def test_quality_benchmark_prints_both_recipes_and_the_ratio(shards: Path, tmp_p
     out = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["curve"]["step"] for line in out if line.startswith('{"curve"')] == [1, 2, 3, 4]
     assert (first / "models.safetensors").stat().st_mtime == mtime  # extended from step 2, not trained again
+    kept = (tmp_path / "c" / "run-flowergan" / "curve.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in kept] == [1, 2, 3, 4]  # steps 1 and 2 were not scored again
     with pytest.raises(SystemExit):
         bench.main([*curve_args, "--every", "3"])  # must divide --steps
