@@ -3,6 +3,8 @@
 Rank 0's RunLogger hands every scalar record to each tracker; the resolved config goes in as the run's params.
 A resumed run continues the same tracker run (its id is kept in the run dir). Trackers cannot delete history, so
 the steps a crashed attempt logged after its last checkpoint stay there (TensorBoard and metrics.jsonl drop them).
+A run a killed process left unreadable in an MLflow file store is mended when the store is next opened
+(mlflow_repair.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 from flowergan.config import Config, LogConfig
 from flowergan.errors import UserError
+from flowergan.train import mlflow_repair
 from flowergan.train.logging import RunLogger
 
 EXTRAS = {"mlflow": ("mlflow", "flowergan[mlflow]"), "wandb": ("wandb", "flowergan[wandb]")}  # module, extra
@@ -71,6 +74,7 @@ class MLflowTracker:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         exp_id = self._experiment_id(experiment)
+        mlflow_repair.report(mlflow_repair.repair_killed_runs(uri, exp_id))
         id_file = run_dir / self.ID_FILE
         stored = json.loads(id_file.read_text()) if id_file.is_file() else {}
         if stored.get("uri") == uri and stored.get("experiment_id") == exp_id:

@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
+from flowergan.train import mlflow_repair
 from flowergan.train.ray_train import MakeEvaluate, resolve_paths
 from flowergan.train.trackers import backends, check_installed
 from flowergan.tune import results as R
@@ -183,6 +184,7 @@ def run_sweep(cfg: Config, params: list[Param], opts: SweepOptions,
                                               failure_config=ray.tune.FailureConfig(max_failures=0)),
             )
         grid = tuner.fit()
+        _mend_tracker_store(base, out)
         rows = [_row(grid[i], base, params, key, lower, out) for i in range(len(grid))]
     finally:
         if started_here:
@@ -191,6 +193,13 @@ def run_sweep(cfg: Config, params: list[Param], opts: SweepOptions,
     R.write_results(out, rows, key, lower)
     R.print_table(rows, key, lower, out)
     return rows
+
+
+def _mend_tracker_store(base: Config, out: Path) -> None:
+    """Trials Tune stopped or a killed driver took down may have died mid-write in MLflow's file store."""
+    if "mlflow" in backends(base.log):
+        own = base.log.mlflow_uri == (out / "mlruns").as_uri()  # nothing else writes there once the trials end
+        mlflow_repair.report(mlflow_repair.repair_store(base.log.mlflow_uri, min_age_s=0.0 if own else 10.0))
 
 
 def _error_line(error: BaseException) -> str:
