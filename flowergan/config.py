@@ -73,6 +73,8 @@ class OptimConfig:
     lr_d: float = _f(2e-4, "Adam learning rate of D (a common variant: 1e-4)", lo=0.0, hi=1.0, lo_open=True)
     beta1: float = _f(0.5, "Adam beta1", lo=0.0, hi=1.0, hi_open=True)
     beta2: float = _f(0.999, "Adam beta2", lo=0.0, hi=1.0, hi_open=True)
+    lr_decay_steps: int = _f(0, "decay both learning rates linearly to 0 over the last this many G steps "
+                             "(0 = constant)", lo=0)
     fused: str = _f("auto", "fused Adam kernels (auto = on CUDA)", choices=("auto", "on", "off"))
 
 

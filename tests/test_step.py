@@ -20,6 +20,7 @@ from flowergan.train.step import (
     ema_update,
     g_loss,
     gan_step,
+    lr_factor,
     r1_penalty,
     r1_weight,
     resolve_amp,
@@ -350,3 +351,9 @@ def test_ema_decay_warm_up() -> None:
     assert ema_decay_at(10**6, 0.999, 10.0) == 0.999
     assert ema_decay_at(0, 0.999, 0.0) == 0.999  # no warm-up
     assert ema_decay_at(5, 0.9, 100.0) == pytest.approx(6 / 105)
+
+
+def test_lr_decay_is_linear_to_zero_over_the_last_steps() -> None:
+    assert [lr_factor(s, 10, 0) for s in (0, 9)] == [1.0, 1.0]  # off
+    assert [lr_factor(s, 10, 4) for s in range(10)] == [1.0] * 6 + [1.0, 0.75, 0.5, 0.25]
+    assert lr_factor(0, 10, 20) == 0.5  # longer than the run: the run starts part-way down the ramp

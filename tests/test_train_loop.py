@@ -143,6 +143,25 @@ def test_sample_cli_and_errors(tmp_path):
     assert r.returncode == 0 and "steps = 7" in r.stdout and f'run_dir = "{tmp_path / "x"}"' in r.stdout
 
 
+def test_lr_decay_follows_the_step_and_a_resumed_run_continues_it_bit_identical(tmp_path):
+    """optim.lr_decay_steps: LR/G ramps to 0 over the last steps; a run resumed from a checkpoint inside the ramp
+    (a copy of the straight run's step-14 checkpoint, as a killed run leaves it) ends with the same weights."""
+    import shutil
+
+    common = ("train.steps=20", "train.checkpoint_every=7", "optim.lr_decay_steps=10", "log.every=5")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(straight, *common), stream=TensorStream())
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["LR/G"] for r in rows if "LR/G" in r}
+    # Logged after step s ran with the rate of 0-based step s - 1: factor min(1, (20 - (s - 1)) / 10).
+    assert lr[5] == pytest.approx(2e-4) and lr[15] == pytest.approx(2e-4 * 0.6)
+    assert lr[20] == pytest.approx(2e-4 * 0.1)
+    shutil.copytree(straight / "checkpoints" / "step-00000014", resumed / "checkpoints" / "step-00000014")
+    train(tiny_config(resumed, *common), resume=True, stream=TensorStream())
+    for ema in (False, True):
+        assert _weights_equal(load_generator(straight, ema=ema)[0], load_generator(resumed, ema=ema)[0])
+
+
 def test_resume_is_bit_identical_on_real_shards_with_a_loader_worker(tmp_path):
     """The same property through the real path: SynthFlowers shards, a loader process, flips on."""
     from flowergan.data.ingest.synth import write_synthflowers

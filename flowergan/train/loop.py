@@ -36,7 +36,7 @@ from flowergan.train.rollback import Rollback
 from flowergan.train.samples import SampleWriter
 from flowergan.train.schedule import Schedule
 from flowergan.train.state import TrainState, new_state
-from flowergan.train.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, r1_weight
+from flowergan.train.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
 from flowergan.train.trackers import open_run_logger
 
 __all__ = ["LOGGED", "OnCheckpoint", "total_steps", "train"]
@@ -68,7 +68,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     G_train = dist.wrap(state.G, device, cfg.cluster.sync_batchnorm)
     D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm)
     G_train, D_train = compile_nets(G_train, D_train, tc, device)
-    one_step = _Step(cfg, state, G_train, D_train, memory_format)
+    one_step = _Step(cfg, state, G_train, D_train, memory_format, steps)
 
     log = open_run_logger(cfg, run_dir, start_step=state.step) if rank == 0 else NullLogger()
     if rank == 0:
@@ -135,6 +135,7 @@ class _Step:
     G: nn.Module  # what runs the step: DDP-wrapped and/or compiled
     D: nn.Module
     memory_format: torch.memory_format
+    total: int  # the run's last step, where `optim.lr_decay_steps` ends
 
     def __post_init__(self) -> None:
         from flowergan.train.augment import make_augment
@@ -146,6 +147,11 @@ class _Step:
 
     def __call__(self, batches: Batches) -> StepOutput:
         s, tc, device = self.state, self.cfg.train, self.state.device
+        if self.cfg.optim.lr_decay_steps:  # plain floats: no device sync
+            f = lr_factor(s.step, self.total, self.cfg.optim.lr_decay_steps)
+            for opt, lr in ((s.opt_g, self.cfg.optim.lr_g), (s.opt_d, self.cfg.optim.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * f
         reals, zs = [], []
         for _ in range(tc.d_steps):
             x, _labels = next(batches)

@@ -64,6 +64,15 @@ def ema_decay_at(step: int, decay: float, warmup: float) -> float:
     return decay if warmup <= 0 else min(decay, (1 + step) / (warmup + step))
 
 
+def lr_factor(step: int, total: int, decay_steps: int) -> float:
+    """The learning rates' multiplier for step `step` (0-based) of `total`: 1, then linear towards 0 over the last
+    `decay_steps` (the last step still moves, by 1/decay_steps). A function of the step alone, so a resumed run
+    sets the same rates whatever its optimizer state restored."""
+    if decay_steps <= 0:
+        return 1.0
+    return min(1.0, (total - step) / decay_steps)
+
+
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for a config value and device."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
