@@ -14,16 +14,16 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 META = "meta.yaml"
 
 
 def store_root(uri: str) -> Path | None:
     """The folder of a file-store URI (`file:///…` or a plain path); None for a server or database store."""
-    if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
-    return None if "://" in uri else Path(uri)
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    return Path(local_file_uri_to_path(uri)) if is_local_uri(uri) else None
 
 
 def _tag(run: Path, name: str, default: str) -> str:
@@ -50,11 +50,10 @@ def repair_killed_runs(uri: str, experiment_id: str, min_age_s: float = 10.0) ->
     import yaml
 
     root = store_root(uri)
-    exp_dir = root / experiment_id if root is not None else None
-    if exp_dir is None or not exp_dir.is_dir():
+    if root is None or not (root / experiment_id).is_dir():
         return []
     mended = []
-    for meta in sorted(exp_dir.glob(f"*/{META}")):
+    for meta in sorted((root / experiment_id).glob(f"*/{META}")):
         stat = meta.stat()
         if stat.st_size > 0 or time.time() - stat.st_mtime < min_age_s:
             continue

@@ -69,7 +69,7 @@ class MLflowTracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        if "://" not in uri or uri.startswith("file:"):
+        if mlflow_repair.store_root(uri) is not None:
             # MLflow >= 3.x refuses its file store unless asked; a local folder is what a laptop run wants.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
