@@ -48,7 +48,7 @@ TARGET_MODES, TARGET_KL = 48, 0.05  # the issue's targets for flowergan's defaul
 RECIPE_SECTIONS = ("model", "optim", "train")
 TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "train.amp=off",
             "train.diffaugment=", "train.r1_gamma=0", "model.d_pack=1", "model.g_sample_bn=eval",
-            "model.spectral_norm=false", "model.d_dropout=0", "model.d_input_dropout=0",
+            "model.spectral_norm=false", "model.d_mbstd=0", "model.d_dropout=0", "model.d_input_dropout=0",
             "optim.lr_g=2e-4", "optim.lr_d=2e-4", "optim.beta1=0.5", "optim.beta2=0.999"]
 
 

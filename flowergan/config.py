@@ -62,6 +62,9 @@ class ModelConfig:
     spectral_norm: bool = _f(False, "spectral normalisation on D's convolutions")
     d_pack: int = _f(1, "PacGAN packing: D judges m samples at once, concatenated on channels (1 = off); "
                      "the per-rank batch must divide by it", lo=1, hi=8)
+    d_mbstd: int = _f(0, "minibatch standard deviation (ProGAN): group size of the std-dev channel D's head sees "
+                      "(0 = off; ProGAN and StyleGAN use 4); D's batch (per rank, after packing) must divide by it",
+                      lo=0, hi=64)
     g_sample_bn: str = _f("eval", "G's BatchNorm when sampling: eval = the running statistics of training; "
                           "batch = statistics recomputed from G's own batches of z (then eval mode)",
                           choices=("eval", "batch"))
@@ -287,6 +290,9 @@ def validate(cfg: Config) -> Config:
     if per_rank % cfg.model.d_pack:
         raise ConfigError(f"model.d_pack: {cfg.model.d_pack} does not divide the per-rank batch {per_rank} "
                           "(train.batch_size / cluster.workers)")
+    if cfg.model.d_mbstd and (per_rank // cfg.model.d_pack) % cfg.model.d_mbstd:
+        raise ConfigError(f"model.d_mbstd: groups of {cfg.model.d_mbstd} do not divide D's per-rank batch "
+                          f"{per_rank // cfg.model.d_pack} (train.batch_size / cluster.workers / model.d_pack)")
     return cfg
 
 

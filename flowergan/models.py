@@ -91,12 +91,39 @@ class Pack(nn.Module):
         return f"m={self.m}"
 
 
+class MinibatchStd(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018, ProGAN): one more channel holding how much the samples
+    of each group of `group` differ, so D can tell a G that draws too few kinds of flower from the data.
+
+    The std of every feature over the group, averaged to one number per group and broadcast over H x W; computed
+    in float32 because a variance in float16 under autocast loses the small differences that matter here.
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        g = min(self.group, B)  # as ProGAN: a batch smaller than a group is one group
+        if B % g:
+            raise ValueError(f"a batch of {B} does not split into groups of {g} (model.d_mbstd)")
+        y = x.float().reshape(g, B // g, C, H, W)  # group j holds samples j, j + B/g, j + 2B/g, ...
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [B/g]
+        channel = std.repeat(g)[:, None, None, None].expand(B, 1, H, W).to(x.dtype)
+        return torch.cat([x, channel], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
 class Discriminator(nn.Module):
     """Strided convs with LeakyReLU(0.2), BN on all but the first block, one logit per image (per pack of
-    `pack` images with PacGAN packing)."""
+    `pack` images with PacGAN packing); with `mbstd` > 0 the head also sees the minibatch std-dev channel."""
 
     def __init__(self, ndf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3, dropout: float = 0.0,
-                 input_dropout: float = 0.0, head: str = "conv", spectral_norm: bool = False, pack: int = 1):
+                 input_dropout: float = 0.0, head: str = "conv", spectral_norm: bool = False, pack: int = 1,
+                 mbstd: int = 0):
         super().__init__()
         n = _n_blocks(resolution)
         ch = [ndf * 2**i for i in range(n)]  # 64²: 64, 128, 256, 512
@@ -113,10 +140,12 @@ class Discriminator(nn.Module):
                 layers.append(nn.Dropout(dropout))
             c_in = c_out
         self.features = nn.Sequential(*layers)  # [B, ndf * 2**(n-1), 4, 4]: the penultimate features
+        stats: list[nn.Module] = [MinibatchStd(mbstd)] if mbstd > 0 else []
+        c_head = c_in + (1 if mbstd > 0 else 0)
         if head == "conv":
-            self.head = nn.Sequential(nn.Conv2d(c_in, 1, 4, 1, 0, bias=False), nn.Flatten())
+            self.head = nn.Sequential(*stats, nn.Conv2d(c_head, 1, 4, 1, 0, bias=False), nn.Flatten())
         elif head == "dense":
-            self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, 1))
+            self.head = nn.Sequential(*stats, nn.Flatten(), nn.Linear(c_head * 16, 1))
         else:
             raise ValueError(f"head must be 'conv' or 'dense', got {head!r}")
         self.apply(init_weights)
@@ -134,5 +163,5 @@ def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
     G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel)
     D = Discriminator(cfg.ndf, cfg.resolution, cfg.kernel, dropout=cfg.d_dropout,
                       input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm,
-                      pack=cfg.d_pack)
+                      pack=cfg.d_pack, mbstd=cfg.d_mbstd)
     return G, D

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from flowergan.config import ModelConfig
-from flowergan.models import Discriminator, Generator, _n_blocks, build_models, init_weights
+from flowergan.models import Discriminator, Generator, MinibatchStd, _n_blocks, build_models, init_weights
 
 OPTIONS = [
     {},
@@ -19,6 +19,7 @@ OPTIONS = [
     {"d_input_dropout": 0.5},
     {"d_head": "dense"},
     {"spectral_norm": True},
+    {"d_mbstd": 4},
     {"kernel": 5, "d_dropout": 0.1, "d_input_dropout": 0.5, "d_head": "dense", "spectral_norm": True},
 ]
 
@@ -196,4 +197,36 @@ def test_pacgan_packing_judges_m_images_per_logit(m: int) -> None:
     with pytest.raises(ValueError, match="d_pack"):
         D(x[:m + 1])
     assert build_models(_cfg(64, d_pack=m))[1].features[0].m == m
+    assert build_models(_cfg(64))[1].state_dict().keys() == Discriminator(8, 64).state_dict().keys()
+
+
+def test_minibatch_std_channel_is_the_spread_of_each_group() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 4, 4)
+    out = MinibatchStd(4)(x)
+    assert out.shape == (8, 6, 4, 4) and torch.equal(out[:, :5], x)
+    # Group j holds samples j and j + 2 (of 8 in groups of 4: j, j+2, j+4, j+6), as in ProGAN's reshape.
+    for j in range(2):
+        want = x[j::2].std(dim=0, unbiased=False).mean()
+        assert torch.allclose(out[j::2, 5], want.expand(4, 4, 4), atol=1e-5)
+    # A batch of identical samples (a collapsed G) reads about zero; a spread-out batch does not.
+    same = x[:1].expand(8, 5, 4, 4).contiguous()
+    assert MinibatchStd(4)(same)[:, 5].max() < 1e-3 < out[:, 5].min()
+    with pytest.raises(ValueError, match="d_mbstd"):
+        MinibatchStd(4)(x[:6])
+
+
+def test_minibatch_std_lets_d_see_across_the_batch() -> None:
+    torch.manual_seed(0)
+    D = Discriminator(4, 16, mbstd=2).eval()
+    head_conv = next(m for m in D.head if isinstance(m, nn.Conv2d))
+    assert head_conv.in_channels == 4 * 2 + 1  # the std-dev channel on top of D's last features
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    y = x.clone()
+    y[1] = -y[1]
+    changed = (D(x) != D(y)).tolist()
+    assert changed == [False, True, False, True]  # groups {0, 2} and {1, 3}: image 1's group partner moves too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert D(x).shape == (4,)
+    assert build_models(_cfg(64, d_mbstd=4))[1].head[0].group == 4
     assert build_models(_cfg(64))[1].state_dict().keys() == Discriminator(8, 64).state_dict().keys()

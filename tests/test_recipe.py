@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 def test_defaults_keep_the_recipe_as_it_was() -> None:
     cfg = Config()
-    assert (cfg.model.d_pack, cfg.model.g_sample_bn) == (1, "eval")
+    assert (cfg.model.d_pack, cfg.model.d_mbstd, cfg.model.g_sample_bn) == (1, 0, "eval")
     assert (cfg.train.r1_gamma, cfg.train.r1_every, cfg.train.ema_warmup) == (0.0, 1, 10.0)
     assert (cfg.train.real_label, cfg.train.fake_label, cfg.train.ema, cfg.train.ema_decay) == (0.9, 0.1, True, 0.999)
 
@@ -35,6 +35,9 @@ def test_defaults_keep_the_recipe_as_it_was() -> None:
         (("model.d_pack=3",), ["model.d_pack", "3", "64"]),  # 64 images do not pack in threes
         (("model.d_pack=8", "train.batch_size=48", "cluster.workers=4"), ["model.d_pack", "per-rank batch 12"]),
         (("model.d_pack=0",), ["model.d_pack", ">= 1"]),
+        (("model.d_mbstd=5",), ["model.d_mbstd", "5", "64"]),  # 64 fakes do not split into groups of 5
+        (("model.d_mbstd=3", "model.d_pack=2", "train.batch_size=32"), ["model.d_mbstd", "per-rank batch 16"]),
+        (("model.d_mbstd=-1",), ["model.d_mbstd", ">= 0"]),
         (("model.g_sample_bn=train",), ["model.g_sample_bn", "eval", "batch"]),
         (("train.r1_gamma=-1",), ["train.r1_gamma", ">= 0.0"]),
         (("train.r1_every=0",), ["train.r1_every", ">= 1"]),
@@ -48,6 +51,7 @@ def test_knob_validation_names_the_field(overrides: tuple[str, ...], names: list
     for name in names:
         assert name in str(e.value), f"{name!r} not in {e.value}"
     assert load_config(None, ["model.d_pack=4", "train.batch_size=64", "cluster.workers=4"]).model.d_pack == 4
+    assert load_config(None, ["model.d_mbstd=4", "model.d_pack=2"]).model.d_mbstd == 4
 
 
 def _trained_like_g(seed: int = 0) -> Generator:
