@@ -104,6 +104,24 @@ def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> di
     return {k.replace("synth_fd", "fd_synthnet_photos"): v for k, v in fd.items()}
 
 
+def _train_seconds(run_dir: Path) -> float | None:
+    """The training seconds of the run in `run_dir`: from its train.json when it finished; for a run stopped
+    before its end (no train.json) that kept a checkpoint, the wall-clock span of its metrics rows."""
+    try:
+        return float(json.loads((run_dir / "train.json").read_text())["train_s"])
+    except (OSError, ValueError, KeyError):
+        pass
+    if not list_checkpoints(run_dir / "checkpoints"):
+        return None
+    times = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []:
+        try:
+            times.append(float(json.loads(line)["time"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # the last row of a killed run may be cut short
+    return max(times) - min(times) if times else 0.0
+
+
 def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth: bool) -> dict[str, Any]:
     """Train one recipe, save its grid, score it; returns the row."""
     run_dir = out / f"run-{args.tag}-{name}" if args.tag else out / f"run-{name}"
@@ -164,9 +182,8 @@ def extendable(run_dir: Path, cfg: Config) -> float | None:
     """The training seconds of an earlier run in `run_dir` of the same data and recipe (any number of steps, at
     most cfg's), which `--extend` continues from its newest checkpoint; None when there is none to continue."""
     saved = _saved_config(run_dir)
-    try:
-        train_s = float(json.loads((run_dir / "train.json").read_text())["train_s"])
-    except (OSError, ValueError, KeyError):
+    train_s = _train_seconds(run_dir)
+    if train_s is None:
         return None
     loose = ("steps", "checkpoint_every", "keep_checkpoints")  # what extending changes; the recipe may not
     if saved is None or not _same_recipe(saved, cfg, loose) or saved["train"]["steps"] > cfg.train.steps:
