@@ -106,15 +106,16 @@ def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> di
 
 def _train_seconds(run_dir: Path) -> float | None:
     """The training seconds of the run in `run_dir`: from its train.json when it finished; for a run stopped
-    before its end (no train.json) that kept a checkpoint, the wall-clock span of its metrics rows."""
+    before its end (no train.json) that kept a checkpoint, about that: the wall-clock span of its metrics rows."""
     try:
         return float(json.loads((run_dir / "train.json").read_text())["train_s"])
     except (OSError, ValueError, KeyError):
         pass
     if not list_checkpoints(run_dir / "checkpoints"):
         return None
+    metrics = run_dir / "metrics.jsonl"
     times = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []:
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
         try:
             times.append(float(json.loads(line)["time"]))
         except (ValueError, KeyError, TypeError):
