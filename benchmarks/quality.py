@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from flowergan import visuals
-from flowergan.config import Config, ConfigError, load_config, parse_override
+from flowergan.config import Config, ConfigError, load_config
 from flowergan.generation import for_sampling, iter_samples
 from flowergan.train.checkpoint import list_checkpoints, load_generator, step_dir_name, step_of
 from flowergan.train.loop import train
@@ -256,8 +256,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
                     "machine, where OpenMP spin-waits)")
     args = ap.parse_args(argv)
-    for s in args.set:
-        parse_override(s)
+    names = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not names or set(names) - {"tutorial", "flowergan"}:
+        ap.error(f"--recipes: {args.recipes!r}; use a comma-separated subset of: tutorial, flowergan")
+    try:  # every recipe's config before any training: a bad --set must not wait for the tutorial's run
+        for name in names:
+            recipe_config(name, args, args.data or args.synth, Path(args.out))
+    except ConfigError as e:
+        ap.error(str(e))
     if args.every < 0 or (args.every and args.steps % args.every):
         ap.error(f"--every must divide --steps ({args.steps}); got {args.every}")
     if args.threads:
@@ -271,7 +277,6 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([sys.executable, "-m", "flowergan", "data", "synth", "--out", args.synth, "--n", "4096",
                         "--no-progress"], check=True)
     data = args.synth if synth else real_shards(args.data, out)
-    names = [r.strip() for r in args.recipes.split(",") if r.strip()]
     rows = {name: run_recipe(name, args, data, out, synth) for name in names}
     with open(out / "results.jsonl", "a") as f:
         for row in rows.values():

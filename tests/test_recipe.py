@@ -180,3 +180,8 @@ def test_quality_benchmark_prints_both_recipes_and_the_ratio(shards: Path, tmp_p
     assert [json.loads(line)["step"] for line in kept] == [1, 2, 3, 4]  # steps 1 and 2 were not scored again
     with pytest.raises(SystemExit):
         bench.main([*curve_args, "--every", "3"])  # must divide --steps
+    for bad, field in ((["--set", "model.d_mbstd=5"], "model.d_mbstd"), (["--set", "steps=3"], "section.key=value"),
+                       (["--recipes", "tutorial,gan"], "--recipes")):
+        with pytest.raises(SystemExit):
+            bench.main([*args, *bad])  # refused before anything trains: one line naming the field
+        assert field in capsys.readouterr().err
