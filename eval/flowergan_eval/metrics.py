@@ -204,7 +204,7 @@ class Metric:
     lower_is_better: bool
     needs_real: bool
     compute: Callable[..., dict[str, float]]
-    features: str = "inception"  # the default extractor: inception, synth, or oracle (the mode classifier)
+    features: str = "inception"  # the default extractor: inception, synth, effnet-lite2, or oracle (the mode classifier)
     headline: str = ""  # the sub-result that picks the best checkpoint ("" = the metric's own number)
 
 
@@ -254,6 +254,9 @@ REGISTRY: dict[str, Metric] = {
     "synth_fd": Metric("synth_fd", "Fréchet distance in the features of SynthNet, the small CNN `oracle train` "
                                    "fits on SynthFlowers (128-d; no download; lower is better).", True, True,
                        _fid_entry, features="synth"),
+    "effnet_fd": Metric("effnet_fd", "Fréchet distance in ImageNet features of EfficientNet-Lite2 (1280-d, weights "
+                                     "from the `photo` extra, no download; sees texture; not FID; lower is "
+                                     "better).", True, True, _fid_entry, features="effnet-lite2"),
     "modes": Metric("modes", "SynthFlowers modes covered (of 48, read by the mode oracle; higher is better), "
                              "with KL(modes || uniform).", False, False, _modes_entry, features="oracle",
                     headline="/covered"),

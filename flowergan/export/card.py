@@ -12,9 +12,10 @@ from flowergan.config import Config
 
 # Names of in-training scores as the eval package writes them: fid1k, kid10k, kid1k/std, synth_fd1k,
 # modes1k/covered, modes_kl1k, prdc1k/coverage. (The card cannot ask the eval registry: export never imports it.)
-SCORE = re.compile(r"^(fid|kid|is|prdc|synth_fd|modes_kl|modes)(\d+)(k?)(/\w+)?$")
+SCORE = re.compile(r"^(fid|kid|is|prdc|synth_fd|effnet_fd|modes_kl|modes)(\d+)(k?)(/\w+)?$")
 INCEPTION = "Inception-v3 pool3 (2048-d), torch-fidelity's port of the TF 2015-12-05 FID network"
 EXTRACTORS = {"synth_fd": "SynthNet (128-d), trained on the reference SynthFlowers by flowergan-eval",
+              "effnet_fd": "EfficientNet-Lite2 ImageNet features (1280-d), bicubic to 260 px",
               "modes": "the SynthFlowers mode oracle", "modes_kl": "the SynthFlowers mode oracle"}
 STATISTICS = {"/std": "standard deviation over subsets or splits", "/covered": "modes covered",
               "/kl_uniform": "KL(modes || uniform), nats"}
@@ -23,6 +24,8 @@ STATISTICS = {"/std": "standard deviation over subsets or splits", "/covered": "
 def _extractor(metric: str, cfg: Config) -> dict[str, str]:
     if metric in ("modes", "modes_kl"):
         return {"extractor": EXTRACTORS[metric]}
+    if metric == "effnet_fd" or cfg.eval.features == "effnet-lite2":
+        return {"extractor": EXTRACTORS["effnet_fd"]}
     if cfg.eval.features and cfg.eval.features not in ("inception", "synth"):
         return {"extractor": f"user features {cfg.eval.features}"}
     if metric == "synth_fd" or cfg.eval.features == "synth":
