@@ -12,12 +12,18 @@ On SynthFlowers (the default) each G is scored by the SynthFlowers oracle (modes
 generated mode distribution to uniform, in nats) and by synth-FD, the Fréchet distance in the features of the
 eval package's SynthFlowers CNN (`flowergan_eval.api.synth_scores`); the last line is
 `quality ratio=<flowergan synth-FD / tutorial synth-FD>` (lower is better). `--data PATH` trains on real photos
-(shards or the flowers5-128 tar, resized to 64 px), where the oracle does not apply: it prints FD in the features of
-a SynthNet the eval package trains on the photos' classes and saves the grids side by side.
+(shards or the flowers5-128 tar, resized to 64 px; by default 2,000 G steps and 2,000 samples), where the oracle does
+not apply: each G is scored by `effnet_fd`, the Fréchet distance in ImageNet EfficientNet-Lite2 features (texture
+included; calibrated in docs/metrics.md), and by `lattice`, the share of the samples' spectral power at periods of
+4 px or less divided by the real photos' share (1 = as fine-grained as photos; a checkerboard texture raises it);
+the last line is `photo quality ratio=<flowergan effnet-FD / tutorial effnet-FD>`, and the grids (same z) are saved
+side by side.
 
     python benchmarks/quality.py                              # SynthFlowers, 700 G steps per recipe
     python benchmarks/quality.py --steps 300 --ngf 32 --recipes flowergan --set train.r1_gamma=1 --tag r1
-    python benchmarks/quality.py --data ../shared/data/flowers5-128.tar
+    python benchmarks/quality.py --data ../shared/data/flowers5-128.tar                   # photos, 2,000 G steps
+    python benchmarks/quality.py --data ../shared/data/flowers5-128.tar --recipes tutorial \
+        --tutorial-set train.fake_label=0.1 --tag tut-fake01                              # a knob on the tutorial
     python benchmarks/quality.py --ngf 32 --steps 4000 --every 500 --recipes flowergan    # the budget curve
 
 `--every K` keeps a checkpoint every K G steps and scores each of them the same way (rows `{"curve": ...}`, kept in the
@@ -65,7 +71,7 @@ def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path)
              f"train.keep_checkpoints={args.steps // args.every + 1 if args.every else 1}", f"log.run_dir={run_dir}",
              "log.every=50", f"log.sample_every={args.steps}", "log.tensorboard=false", "log.progress=false",
              "eval.every=0", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}", "model.resolution=64"]
-    sets += TUTORIAL if name == "tutorial" else list(args.set)
+    sets += TUTORIAL + list(args.tutorial_set) if name == "tutorial" else list(args.set)
     cfg = load_config(None, sets)
     cfg.cluster.name = f"quality-{name}"
     return cfg
@@ -90,18 +96,32 @@ def real_shards(path: str, out: Path) -> str:
 
 
 def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> dict[str, float]:
-    """SynthFlowers: synth-FD, modes covered and KL (`flowergan_eval.api.synth_scores`). Photos: FD in the features
-    of the SynthNet the eval package trains on the photos' classes (the oracle's modes mean nothing there)."""
+    """SynthFlowers: synth-FD, modes covered and KL (`flowergan_eval.api.synth_scores`). Photos: effnet-FD, the FD
+    in ImageNet EfficientNet-Lite2 features, and the lattice ratio (the oracle's modes mean nothing there)."""
     from flowergan_eval import api
 
     if synth:
         s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device="cpu", seed=0)
         return {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
-    from flowergan_eval.real import open_real
+    from flowergan_eval.real import load_real, open_real
 
+    real = open_real(data)
     images = list(iter_samples(G, n, seed=0))
-    fd, label = api.registry_scores("synth_fd", images, open_real(data), device=torch.device("cpu"))
-    return {k.replace("synth_fd", "fd_synthnet_photos"): v for k, v in fd.items()}
+    fd, _ = api.registry_scores("effnet_fd", images, real, device=torch.device("cpu"))
+    reals, _ = load_real(real, n=n)
+    return {**fd, "lattice": round(fine_share(torch.cat(images)) / fine_share(reals), 3)}
+
+
+def fine_share(images: torch.Tensor, period: float = 4.0) -> float:
+    """The mean share of an image's spectral power (grey, mean removed) at periods of `period` px or less in x or
+    y: where a transposed convolution's checkerboard (period 2) and its coarser lattices (period 4) live."""
+    x = images.float().mean(dim=1)
+    x = x - x.mean(dim=(1, 2), keepdim=True)
+    power = torch.fft.fft2(x).abs().square()
+    fy = torch.fft.fftfreq(x.shape[1]).abs()[:, None]
+    fx = torch.fft.fftfreq(x.shape[2]).abs()[None, :]
+    fine = (torch.maximum(fy, fx) >= 1 / period).to(power.dtype)
+    return float(((power * fine).sum(dim=(1, 2)) / power.sum(dim=(1, 2)).clamp_min(1e-12)).mean())
 
 
 def _train_seconds(run_dir: Path) -> float | None:
@@ -150,7 +170,7 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
     t1 = time.perf_counter()
     metrics = score(G, cfg, data, args.n, synth)
     row = {"recipe": name, "tag": args.tag, "steps": args.steps, "ngf": args.ngf, "batch": args.batch,
-           "sets": [] if name == "tutorial" else list(args.set), "train_s": round(train_s, 1),
+           "sets": list(args.tutorial_set) if name == "tutorial" else list(args.set), "train_s": round(train_s, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "img_per_s": round(args.steps * args.batch / train_s, 1),
            "loss_d": last.get("Loss/D"), "loss_g": last.get("Loss/G"), **metrics}
     print(json.dumps(row), flush=True)
@@ -238,13 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="real photos (shards, tar or folder); default: SynthFlowers")
     ap.add_argument("--synth", default=str(ROOT / "data" / "synth64"), help="SynthFlowers shards (made if absent)")
-    ap.add_argument("--steps", type=int, default=700, help="G steps per recipe (the equal budget)")
+    ap.add_argument("--steps", type=int, default=0, help="G steps per recipe (the equal budget; default 700 on "
+                    "SynthFlowers, 2000 on photos)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ngf", type=int, default=64, help="ngf = ndf")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=4096, help="generated images per score")
+    ap.add_argument("--n", type=int, default=0, help="generated images per score (default 4096 on SynthFlowers, 2000 "
+                    "on photos)")
     ap.add_argument("--recipes", default="tutorial,flowergan", help="comma-separated: tutorial, flowergan")
     ap.add_argument("--set", action="append", default=[], help="section.key=value for the flowergan recipe")
+    ap.add_argument("--tutorial-set", action="append", default=[], help="section.key=value on top of the tutorial "
+                    "recipe (one knob from the tutorial's side)")
     ap.add_argument("--tag", default="", help="name of this run's files (ablation runs)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="run dirs, grids, results.jsonl")
     ap.add_argument("--reuse", action="store_true", help="score a recipe's finished run of the same config "
@@ -256,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
                     "machine, where OpenMP spin-waits)")
     args = ap.parse_args(argv)
+    args.steps = args.steps or (2000 if args.data else 700)
+    args.n = args.n or (2000 if args.data else 4096)
     names = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not names or set(names) - {"tutorial", "flowergan"}:
         ap.error(f"--recipes: {args.recipes!r}; use a comma-separated subset of: tutorial, flowergan")
@@ -286,19 +312,21 @@ def main(argv: list[str] | None = None) -> None:
         key, value = _fd(row)
         fd = f"{key} {value:.1f}" if key else "FD not available"
         modes = (f"modes {row['modes_covered']:.0f}/{row.get('modes_of', 48):.0f}, KL {row['modes_kl']:.3f} nats, "
-                 if "modes_covered" in row else "")
+                 if "modes_covered" in row else f"lattice {row['lattice']:.2f}, " if "lattice" in row else "")
         print(f"{name:10s} {modes}{fd}  ({row['train_s']:.0f} s training, {row['img_per_s']:.0f} img/s)")
     if len(rows) == 2:
         tag = args.tag + "-" if args.tag else ""
         side_by_side([out / f"quality-{tag}{n}.png" for n in names], out / f"quality-{tag}side-by-side.png")
         print(f"grids: {out}/quality-{tag}{{{','.join(names)},side-by-side}}.png (left to right: {', '.join(names)})")
         if {"tutorial", "flowergan"} <= set(rows) and _fd(rows["tutorial"])[0]:
-            print(f"quality ratio={_fd(rows['flowergan'])[1] / _fd(rows['tutorial'])[1]:.3f}")
+            label = "quality ratio" if synth else "photo quality ratio"
+            print(f"{label}={_fd(rows['flowergan'])[1] / _fd(rows['tutorial'])[1]:.3f}")
 
 
 def _fd(row: dict[str, Any]) -> tuple[str, float]:
     """The row's Fréchet distance (synth-FD, or the photos' FD) as (name, value); ("", nan) without one."""
-    return next(((k, float(v)) for k, v in row.items() if k.startswith(("synth_fd", "fd_"))), ("", float("nan")))
+    return next(((k, float(v)) for k, v in row.items() if k.startswith(("synth_fd", "effnet_fd"))),
+                ("", float("nan")))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ class ModelConfig:
     d_mbstd: int = _f(0, "minibatch standard deviation (ProGAN): group size of the std-dev channel D's head sees "
                       "(0 = off; ProGAN and StyleGAN use 4); D's batch (per rank, after packing) must divide by it",
                       lo=0, hi=64)
+    g_upsample: str = _f("deconv", "G's 2x upsampling: deconv = Radford's stride-2 transposed convolution; "
+                         "resize-conv = nearest-neighbour 2x then a stride-1 convolution (Odena et al. 2016: "
+                         "no checkerboard from uneven kernel overlap)", choices=("deconv", "resize-conv"))
     g_sample_bn: str = _f("eval", "G's BatchNorm when sampling: eval = the running statistics of training; "
                           "batch = statistics recomputed from G's own batches of z (then eval mode)",
                           choices=("eval", "batch"))

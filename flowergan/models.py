@@ -34,8 +34,20 @@ def _n_blocks(resolution: int) -> int:
     return n
 
 
-def _up(c_in: int, c_out: int, kernel: int) -> nn.ConvTranspose2d:
-    # kernel 4: stride 2, padding 1 doubles; kernel 5 needs output_padding 1 to double exactly.
+UPSAMPLE = ("deconv", "resize-conv")
+
+
+def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
+    """One 2x upsampling layer. deconv: kernel 4, stride 2, padding 1 doubles (kernel 5 needs output_padding 1).
+    resize-conv (Odena et al. 2016): a stride-2 transposed kernel of size 4 or 5 covers output pixels unevenly
+    (alternately 1 and 2 or 2 and 3 taps per axis), which draws a checkerboard; nearest 2x then an odd,
+    stride-1 kernel (3 for kernel 4, 5 for 5) covers every pixel alike."""
+    if mode == "resize-conv":
+        k = kernel - 1 if kernel % 2 == 0 else kernel
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                             nn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False))
+    if mode != "deconv":
+        raise ValueError(f"upsample must be one of {UPSAMPLE}, got {mode!r}")
     pad, out_pad = (1, 0) if kernel == 4 else (2, 1)
     return nn.ConvTranspose2d(c_in, c_out, kernel, 2, pad, output_padding=out_pad, bias=False)
 
@@ -45,9 +57,11 @@ def _down(c_in: int, c_out: int, kernel: int) -> nn.Conv2d:
 
 
 class Generator(nn.Module):
-    """z -> 4x4 -> ... -> resolution, BatchNorm + ReLU, Tanh output without BN."""
+    """z -> 4x4 -> ... -> resolution, BatchNorm + ReLU, Tanh output without BN; each doubling a transposed
+    convolution (Radford's) or, with upsample="resize-conv", a nearest-neighbour resize and a convolution."""
 
-    def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3):
+    def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3,
+                 upsample: str = "deconv"):
         super().__init__()
         self.nz = nz
         n = _n_blocks(resolution)
@@ -58,8 +72,8 @@ class Generator(nn.Module):
             nn.ReLU(True),
         ]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
-            layers += [_up(c_in, c_out, kernel), nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        layers += [_up(ch[-1], nc, kernel), nn.Tanh()]
+            layers += [_up(c_in, c_out, kernel, upsample), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [_up(ch[-1], nc, kernel, upsample), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
 
@@ -160,7 +174,7 @@ class Discriminator(nn.Module):
 
 def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
     """G and D as the model section describes them."""
-    G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel)
+    G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel, upsample=cfg.g_upsample)
     D = Discriminator(cfg.ndf, cfg.resolution, cfg.kernel, dropout=cfg.d_dropout,
                       input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm,
                       pack=cfg.d_pack, mbstd=cfg.d_mbstd)

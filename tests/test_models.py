@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from flowergan.config import ModelConfig
-from flowergan.models import Discriminator, Generator, MinibatchStd, _n_blocks, build_models, init_weights
+from flowergan.models import Discriminator, Generator, MinibatchStd, _n_blocks, _up, build_models, init_weights
 
 OPTIONS = [
     {},
@@ -20,6 +20,8 @@ OPTIONS = [
     {"d_head": "dense"},
     {"spectral_norm": True},
     {"d_mbstd": 4},
+    {"g_upsample": "resize-conv"},
+    {"g_upsample": "resize-conv", "kernel": 5},
     {"kernel": 5, "d_dropout": 0.1, "d_input_dropout": 0.5, "d_head": "dense", "spectral_norm": True},
 ]
 
@@ -230,3 +232,33 @@ def test_minibatch_std_lets_d_see_across_the_batch() -> None:
         assert D(x).shape == (4,)
     assert build_models(_cfg(64, d_mbstd=4))[1].head[0].group == 4
     assert build_models(_cfg(64))[1].state_dict().keys() == Discriminator(8, 64).state_dict().keys()
+
+
+@pytest.mark.parametrize("kernel", [4, 5])
+def test_deconv_draws_a_lattice_from_a_flat_input_and_resize_conv_does_not(kernel: int) -> None:
+    """Odena et al. (2016): a stride-2 transposed conv computes even and odd output pixels with different parts of
+    its kernel, so a flat input comes out as a period-2 lattice unless the weights happen to balance; nearest 2x
+    then a stride-1 conv computes every pixel with the whole kernel, so a flat input stays flat."""
+    torch.manual_seed(0)
+    flat = torch.ones(1, 2, 8, 8)
+    for mode in ("deconv", "resize-conv"):
+        layer = _up(2, 1, kernel, mode)
+        with torch.no_grad():
+            out = layer(flat)
+        assert out.shape == (1, 1, 16, 16)
+        inner = out[0, 0, 4:-4, 4:-4]  # away from the border, where zero padding does not reach
+        lattice = inner[::2, ::2] - inner[1::2, ::2]  # even rows minus odd rows
+        if mode == "deconv":
+            assert lattice.abs().min() > 1e-3 and torch.allclose(lattice, lattice[0, 0].expand_as(lattice))
+        else:
+            assert torch.allclose(inner, inner[0, 0].expand_as(inner), atol=1e-6)
+
+
+def test_g_upsample_builds_the_layers_it_names() -> None:
+    G, _ = build_models(_cfg(64, g_upsample="resize-conv"))
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in list(G.modules())[4:])  # only the 1x1 -> 4x4 seed
+    assert sum(isinstance(m, nn.Upsample) for m in G.modules()) == 4  # 4 -> 8 -> 16 -> 32 -> 64
+    G0, _ = build_models(_cfg(64))
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in G0.modules()) == 5  # Radford's default unchanged
+    with pytest.raises(ValueError, match="upsample"):
+        _up(4, 4, 4, "bilinear")
