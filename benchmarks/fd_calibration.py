@@ -66,11 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="where the 64 px shards are cached")
     args = ap.parse_args(argv)
 
-    from quality import real_shards
-
     from flowergan_eval.extractors import load_extractor
     from flowergan_eval.metrics import fid_from_features
     from flowergan_eval.real import load_real, open_real
+    from quality import real_shards
 
     real = open_real(real_shards(args.data, Path(args.out)))
     images, _ = load_real(real)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from flowergan.errors import UserError
 from flowergan_eval import effnet
 from flowergan_eval.extractors import load_extractor
 from flowergan_eval.metrics import REGISTRY, fid_from_features
+
+from flowergan.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERS5 = ROOT.parent / "shared" / "data" / "flowers5-128.tar"

@@ -204,7 +204,7 @@ class Metric:
     lower_is_better: bool
     needs_real: bool
     compute: Callable[..., dict[str, float]]
-    features: str = "inception"  # the default extractor: inception, synth, effnet-lite2, or oracle (the mode classifier)
+    features: str = "inception"  # the default extractor: inception, synth, effnet-lite2, or oracle (mode classifier)
     headline: str = ""  # the sub-result that picks the best checkpoint ("" = the metric's own number)
 
 
