@@ -144,3 +144,19 @@ def test_quality_benchmark_scores_photos_in_imagenet_features(photos: Path, tmp_
     tutorial = bench.load_config(tmp_path / "q" / "run-tutorial" / "config.toml")
     assert (tutorial.train.real_label, tutorial.train.fake_label) == (1.0, 0.1)  # the knob on the tutorial's side
     assert (tmp_path / "q" / "quality-side-by-side.png").is_file()
+
+
+@pytest.mark.slow  # the 240 photos' reference features: ~15 s on 2 cores
+def test_in_training_metric_effnet_fd(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    """`eval.metric = "effnet_fd"` as the training loop calls it: one number, named with N, offline."""
+    from flowergan_eval import api
+
+    from flowergan.config import load_config
+    from flowergan.models import Generator
+
+    monkeypatch.setenv("FLOWERGAN_CACHE_DIR", str(tmp_path / "cache"))
+    assert load_config(None, ["eval.metric=effnet_fd"]).eval.metric == "effnet_fd"
+    torch.manual_seed(0)
+    out = api.in_training_metric(Generator(16, 8, 64), nz=16, metric="effnet_fd", n=16, data=str(photos),
+                                 device="cpu", inception_weights=None)
+    assert set(out) == {"effnet_fd16"} and out["effnet_fd16"] > 0

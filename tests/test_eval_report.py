@@ -107,6 +107,29 @@ def test_report_is_self_contained_and_renders_in_chromium(run_dir, tmp_path_fact
     assert total >= 9 and loaded == total  # every inline image decoded
 
 
+@pytest.mark.slow  # ~60 images through EfficientNet-Lite2 at 260 px
+def test_report_in_offline_imagenet_features(run_dir, tmp_path_factory, tmp_path, monkeypatch):
+    """`--features effnet-lite2`: no Inception weights anywhere, the Fréchet distance is named effnet_fd (never fid)
+    and IS, which needs ImageNet logits, is left out."""
+    from flowergan_eval.commands import report_metrics
+
+    assert report_metrics("") == ["fid", "kid", "is", "prdc"] and report_metrics("synth")[0] == "synth_fd"
+    assert report_metrics("dinov2.pt") == ["fid", "kid", "prdc"]
+    monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(W.ENV_URL, "http://127.0.0.1:9/never-downloaded.pth")
+    data = testing.synth_shards(tmp_path_factory.getbasetemp(), 40, seed=5)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--ckpt", str(run_dir), "--data", str(data), "--n", "12",
+                                      "--ref-n", "12", "--out", str(out), "--json", "--no-progress",
+                                      "--features", "effnet-lite2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    r = json.loads(result.output)
+    assert {"effnet_fd12", "kid12", "prdc12/coverage"} <= set(r["metrics"])
+    assert not any(k.startswith(("fid", "is")) for k in r["metrics"])
+    assert "effnet-lite2 imagenet" in out.read_text()
+
+
 def test_latent_command_writes_its_pictures(run_dir, tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "cache"))
     data = testing.synth_shards(tmp_path_factory.getbasetemp(), 40, seed=5)

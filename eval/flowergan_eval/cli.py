@@ -44,7 +44,8 @@ Weights = Annotated[str | None, typer.Option("--inception-weights", help="FID In
 RefN = Annotated[int, typer.Option("--ref-n", help="Real images in the reference set (0 = all).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
 Features = Annotated[str, typer.Option("--features", help="Feature extractor: inception (FID's, needs its weights), "
-                                                          "synth (SynthNet, trained on --data on first use), or "
+                                                          "synth (SynthNet, trained on --data on first use), "
+                                                          "effnet-lite2 (ImageNet EfficientNet-Lite2, offline), or "
                                                           "PATH: a TorchScript file, NAME=STATE_DICT of a "
                                                           "torchvision architecture, or a SynthNet directory. "
                                                           "Default: the metric's own.")]
@@ -144,7 +145,7 @@ def stats(data: Data = "", batch: Batch = 64, device: Device = "auto", json: Jso
 @app.command()
 def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
            raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
-           ref_n: RefN = 0, progress: Progress = True,
+           ref_n: RefN = 0, progress: Progress = True, features: Features = "",
            out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
            oracle: Annotated[str | None, typer.Option("--oracle", help="Oracle directory for the mode "
                                                                        "histogram (SynthFlowers).")] = None,
@@ -153,7 +154,7 @@ def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device
     """One self-contained HTML page: grids, loss curves, metrics with provenance, latent plots, modes."""
     from flowergan_eval.commands import run_report
 
-    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress)
+    opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress, features)
     if dry_run:
         # The cluster's eval Job is checked this way where its volume, GPU and weights do not exist.
         if n < 2 or batch < 1:

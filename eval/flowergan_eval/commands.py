@@ -219,6 +219,16 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
             "synthnet": net_info, "messages": [f"{'oracle and SynthNet' if net_info else 'oracle'} saved to {path}"]}
 
 
+def report_metrics(features: str) -> list[str]:
+    """The registry metrics a report computes in `features`: FID's set with Inception; with another extractor the
+    Fréchet distance named for it (`effnet_fd`, `synth_fd`; `fid` only for a user's backbone), KID and PRDC, and no
+    IS (it needs ImageNet logits)."""
+    if features in ("", "inception"):
+        return ["fid", "kid", "is", "prdc"]
+    own = next((name for name, m in M.REGISTRY.items() if m.features == features and name != "kid"), "fid")
+    return [own, "kid", "prdc"]
+
+
 def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
     """Compute everything and write one self-contained HTML page."""
     from flowergan.train.checkpoint import has_ema, load_generator
@@ -229,7 +239,7 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
     sections: dict[str, Any] = {}
     with progress(opts.progress) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
-        metrics = ev.metrics(["fid", "kid", "is", "prdc"])
+        metrics = ev.metrics(report_metrics(opts.features))
         div = ev.diversity(n_pairs=500)
         metrics.update(div["metrics"])
         prov = ev.provenance()
