@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step.py and gp
 import gpu_steps as S  # noqa: E402
 
 from flowergan.config import ModelConfig  # noqa: E402
+from flowergan.devices import pick_device  # noqa: E402
+from flowergan.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TAR_NAMES = (ROOT / "data" / "flowers5-128.tar",  # where --prepare puts it: ../shared does not travel to the GPU
@@ -337,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the sections, rewrite the JSON after each, print the table; exit 1 if a section failed."""
     args = _args(argv)
     t_start = time.monotonic()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+    try:  # "cuda" becomes "cuda:N": the device the stream's and the models' tensors report
+        device = pick_device(args.device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     args.batch_list = [int(b) for b in (args.batches or ("8" if args.quick else "64,128,512")).split(",")]
     args.rounds = args.rounds or (1 if args.quick else 3)

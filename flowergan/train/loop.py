@@ -19,7 +19,7 @@ from torch import nn
 
 from flowergan.config import Config
 from flowergan.data.loader.protocol import BatchStream
-from flowergan.devices import pick_device
+from flowergan.devices import normalize, pick_device
 from flowergan.errors import UserError
 from flowergan.generation import for_sampling, recompute_bn_stats
 from flowergan.train import checkpoint as ckpt_io
@@ -48,7 +48,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
           evaluate: Evaluate | None = None) -> dict[str, float]:
     """Train G and D as `cfg` says; returns the last logged metrics. See the module docstring."""
     rank, world = dist.rank(), dist.world_size()
-    device = device or pick_device(cfg.train.device, "train.device")
+    device = normalize(device) if device is not None else pick_device(cfg.train.device, "train.device")
     tc, run_dir = cfg.train, Path(cfg.log.run_dir)
     if tc.batch_size % world:
         raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")

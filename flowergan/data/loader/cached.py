@@ -67,7 +67,7 @@ class CachedBatches:
         x_all, y_all = self._load()
         for j, idx in self.plan.cached_batches(start):
             idx = to_device(idx, x_all.device)
-            if x_all.device == self.device:
+            if x_all.device == self.device:  # both normalised: build_stream's device, a tensor's
                 x = x_all.index_select(0, idx)
             else:  # "memory" on a GPU: gather straight into pinned RAM, then copy without blocking
                 x = torch.empty((len(idx), *x_all.shape[1:]), dtype=x_all.dtype, pin_memory=True)
