@@ -67,8 +67,9 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
 
     G_train = dist.wrap(state.G, device, cfg.cluster.sync_batchnorm)
     D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm)
+    D_r1 = D_train  # R1's double backward runs through D uncompiled (see gan_step)
     G_train, D_train = compile_nets(G_train, D_train, tc, device)
-    one_step = _Step(cfg, state, G_train, D_train, memory_format, steps)
+    one_step = _Step(cfg, state, G_train, D_train, D_r1, memory_format, steps)
 
     log = open_run_logger(cfg, run_dir, start_step=state.step) if rank == 0 else NullLogger()
     if rank == 0:
@@ -134,6 +135,7 @@ class _Step:
     state: TrainState
     G: nn.Module  # what runs the step: DDP-wrapped and/or compiled
     D: nn.Module
+    D_r1: nn.Module  # D for the R1 pass: DDP-wrapped like D, never compiled
     memory_format: torch.memory_format
     total: int  # the run's last step, where `optim.lr_decay_steps` ends
 
@@ -158,7 +160,7 @@ class _Step:
             reals.append(x.to(device, non_blocking=True, memory_format=self.memory_format))
             zs.append(torch.randn(x.shape[0], self.cfg.model.nz, device=device))
         out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
-                       r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every))
+                       r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every), D_r1=self.D_r1)
         if s.G_ema is not None:
             # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
             ema_update(s.G_ema, s.G, ema_decay_at(s.step, tc.ema_decay, tc.ema_warmup))

@@ -111,10 +111,12 @@ def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              reals: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], precision: Precision,
              targets: Targets = Targets(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             r1: float = 0.0) -> StepOutput:
+             r1: float = 0.0, D_r1: nn.Module | None = None) -> StepOutput:
     """len(reals) D updates (the D:G ratio), then one G update that reuses the last D update's fake batch.
 
-    r1 > 0 adds r1 * E|grad_x D(x)|^2 on the reals to D's loss (see `r1_weight` for gamma/2 and laziness).
+    r1 > 0 adds r1 * E|grad_x D(x)|^2 on the reals to D's loss (see `r1_weight` for gamma/2 and laziness); on
+    those steps D's pass over the reals runs through `D_r1`, the same D uncompiled (DDP-wrapped where D is), when
+    D is torch.compile'd: AOTAutograd, which inductor builds on, has no double backward.
     """
     aug = augment or (lambda x: x)
     for i, (real, z) in enumerate(zip(reals, zs)):
@@ -127,8 +129,11 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             d_real_in = aug(real)
             if r1 > 0:  # a Python float: choosing the branch needs no device sync
                 d_real_in = d_real_in.detach().requires_grad_(True)
-            real_logits = D(d_real_in)
-            fake_logits = D(aug(fake.detach()))
+            d_fake_in = aug(fake.detach())
+            # The fakes first: a compiled D updates its BatchNorm buffers with in-place copies that autograd counts,
+            # and the eager R1 pass over the reals saves those buffers for its backward, so nothing may follow it.
+            fake_logits = D(d_fake_in)
+            real_logits = (D_r1 or D)(d_real_in) if r1 > 0 else D(d_real_in)
             loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
             if r1 > 0:
                 loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in)
