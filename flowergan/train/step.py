@@ -44,13 +44,25 @@ def g_loss(fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.g))
 
 
-def r1_penalty(real_logits: torch.Tensor, d_input: torch.Tensor) -> torch.Tensor:
+def r1_penalty(real_logits: torch.Tensor, d_input: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): E |grad_x D(x)|^2 over the real batch, differentiable for D's update.
 
-    `d_input` is the (augmented) real batch D saw, with requires_grad set before D's forward.
+    `d_input` is the (augmented) real batch D saw, with requires_grad set before D's forward. `scale` (fp16: the
+    GradScaler's scale as a device tensor) follows PyTorch's AMP gradient-penalty recipe: the gradient of scaled
+    outputs, so that it does not underflow on its way back through an fp16 D, unscaled in fp32 by a division on
+    the device (no host sync). A scaled gradient that overflowed gives a zero penalty whose gradients are not
+    finite: the scaler skips D's step and backs off, as for any fp16 overflow, and the loss stays finite (the
+    loop rolls back on a non-finite one).
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), d_input, create_graph=True)
-    return grad.float().square().sum(dim=(1, 2, 3)).mean()
+    if scale is None:
+        (grad,) = torch.autograd.grad(real_logits.sum(), d_input, create_graph=True)
+        return grad.float().square().sum(dim=(1, 2, 3)).mean()
+    # The mean's gradient (1/n a logit) times the scale: the sum's (1 a logit) times 2**16, GradScaler's first
+    # scale, is already past fp16's largest number. Multiplying by n / scale afterwards gives the sum's gradient.
+    n = real_logits.numel()
+    (scaled,) = torch.autograd.grad(real_logits.mean() * scale, d_input, create_graph=True)
+    penalty = (scaled.float() * (n / scale)).square().sum(dim=(1, 2, 3)).mean()
+    return torch.where(torch.isfinite(penalty), penalty, torch.zeros_like(penalty))
 
 
 def r1_weight(step: int, gamma: float, every: int) -> float:
@@ -97,6 +109,12 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def loss_scale(self, like: torch.Tensor) -> torch.Tensor | None:
+        """The GradScaler's current scale as a tensor on `like`'s device (no host sync); None without a scaler."""
+        if not self.scaler.is_enabled():
+            return None
+        return self.scaler.scale(torch.ones((), dtype=torch.float32, device=like.device))
+
     def backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
@@ -136,7 +154,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             real_logits = (D_r1 or D)(d_real_in) if r1 > 0 else D(d_real_in)
             loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
             if r1 > 0:
-                loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in)
+                loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in, precision.loss_scale(real_logits))
         precision.backward_step(loss_d, opt_d)
         if not last:
             # GradScaler allows one step() per optimizer between update()s, so each extra D update closes its
