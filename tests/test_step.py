@@ -301,6 +301,16 @@ def test_resolve_amp(amp: str, device: str, want: tuple) -> None:
     assert resolve_amp(amp, torch.device(device)) == want
 
 
+def test_amp_auto_asks_the_training_gpu_for_native_bf16(monkeypatch) -> None:
+    """bf16 where the training device has it natively (compute capability >= 8.0: A100, H100), else fp16; never
+    `is_bf16_supported()`, which says True for GPUs that only emulate bf16 (T4, V100) and asks the current GPU."""
+    caps = {0: (9, 0), 1: (7, 5)}  # e.g. an H100 as cuda:0 (the current device) and a T4 as cuda:1
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: caps[torch.device(device).index])
+    assert resolve_amp("auto", torch.device("cuda", 0)) == (torch.bfloat16, False)
+    assert resolve_amp("auto", torch.device("cuda", 1)) == (torch.float16, True)
+
+
 def test_train_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
     from pathlib import Path

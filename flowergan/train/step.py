@@ -85,12 +85,19 @@ def lr_factor(step: int, total: int, decay_steps: int) -> float:
     return min(1.0, (total - step) / decay_steps)
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether the training GPU computes in bf16 natively: compute capability >= 8.0 (Ampere on). Not
+    `torch.cuda.is_bf16_supported()`: it counts emulated bf16 (T4, V100: slower than fp16) and asks the current
+    device, which need not be the training one."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for a config value and device."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None, False
     if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        amp = "bf16" if has_native_bf16(device) else "fp16"
     if amp == "bf16":
         return torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
     return torch.float16, True
