@@ -143,3 +143,19 @@ def test_a_misspelt_fault_point_or_action_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("FLOWERGAN_FAULT_ACTION", "explode")
     with pytest.raises(ValueError, match="FLOWERGAN_FAULT_ACTION='explode'"):
         maybe_inject_fault(3, 0, point="saved")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_perturb_fault_nudges_one_weight_in_either_layout(monkeypatch, memory_format) -> None:
+    """`perturb` changes exactly one element of G's first weight by 1e-3, also when that weight is NHWC (a GPU's
+    layout, where a flat view of it does not exist)."""
+    from flowergan.models import Generator
+    from flowergan.train.faults import maybe_inject_fault
+
+    G = Generator(8, 8, 16).to(memory_format=memory_format)
+    before = next(G.parameters()).detach().clone()
+    monkeypatch.setenv("FLOWERGAN_FAULT_STEP", "3")
+    monkeypatch.setenv("FLOWERGAN_FAULT_ACTION", "perturb")
+    maybe_inject_fault(3, 0, nets={"G": G})
+    diff = next(G.parameters()).detach() - before
+    assert (diff != 0).sum() == 1 and diff.sum().item() == pytest.approx(1e-3)
