@@ -20,7 +20,7 @@ from flowergan.data.ingest.synth import write_synthflowers
 from flowergan.data.loader.cached import CACHE_FRACTION, resolve_cache
 from flowergan.data.loader.transform import to_device
 from flowergan.errors import UserError
-from flowergan.train.compiling import compile_nets, pick_memory_format
+from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
 
 CPU = torch.device("cpu")
 
@@ -93,6 +93,51 @@ def test_cudnn_autotuning_is_left_alone_off_cuda():
         torch.backends.cudnn.benchmark = before
 
 
+def _cgroup(tmp_path: Path, limit: str, usage: int, inactive_file: int) -> tuple[Path, Path, Path]:
+    files = (tmp_path / "memory.max", tmp_path / "memory.current", tmp_path / "memory.stat")
+    files[0].write_text(f"{limit}\n")
+    files[1].write_text(f"{usage}\n")
+    files[2].write_text(f"anon {usage - inactive_file}\ninactive_file {inactive_file}\nactive_file 0\n")
+    return files
+
+
+def test_the_memory_cache_is_sized_by_the_pods_cgroup_limit_where_there_is_one(tmp_path, monkeypatch):
+    """A pod's memory.max is usually far below the node's MemAvailable, and a cache past it gets the pod
+    OOM-killed: the free memory is the limit less what the cgroup holds (reclaimable page cache not counted)."""
+    from flowergan.data.loader import cached
+    from flowergan.data.loader.cached import _available_memory, check_memory
+
+    gib = 2**30
+    node = _available_memory()
+    assert node is not None and node > gib
+    monkeypatch.setattr(cached, "CGROUP_MEMORY", (_cgroup(tmp_path, str(2 * gib), 3 * gib // 2, gib // 2),))
+    assert _available_memory() == gib  # 2 GiB limit - (1.5 GiB used - 0.5 GiB reclaimable page cache)
+    assert resolve_cache("memory", 10_000, 128, CPU) == "memory"
+    with pytest.raises(UserError, match=r"data.cache = 'memory': the decoded set needs 0.5 GiB, more than 50% of "
+                                        r"the 1.0 GiB of free memory"):
+        check_memory(11_000, 128, "memory", CPU)  # 0.50 GiB: over half of the pod's 1 GiB, far under the node's
+    monkeypatch.setattr(cached, "CGROUP_MEMORY", (_cgroup(tmp_path, "max", gib, 0),))  # no limit: the node's
+    assert abs(_available_memory() - node) < gib
+
+
+def test_cudnn_autotuning_is_on_for_flowergans_steps_only():
+    """Not process-wide: a tutorial loop timed beside flowergan's (gpu_check) must run as the tutorial does."""
+    cuda = torch.device("cuda", 0)  # setting the flag needs no GPU
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        G, D = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        assert compile_nets(G, D, TrainConfig(), cuda) == (G, D)
+        assert torch.backends.cudnn.benchmark is False
+        with cudnn_autotune(cuda):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with cudnn_autotune(CPU):
+            assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def test_to_device_leaves_cpu_tensors_alone():
     t = torch.arange(4)
     assert to_device(t, CPU) is t
@@ -141,7 +186,8 @@ def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
         x, _ = next(batches)
         real = x.to(device, non_blocking=True, memory_format=memory_format)
         z = torch.randn(batch, 100, device=device)
-        out = gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision)
+        with cudnn_autotune(device):
+            out = gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision)
         ema_update(G_ema, G, min(0.999, (1 + step) / (10 + step)))
         values = torch.stack([out.loss_d, out.loss_g, out.d_real, out.d_fake_before, out.d_fake_after])
         finite &= torch.isfinite(values[:2]).all()

@@ -26,7 +26,7 @@ from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
 from flowergan.train import rng
 from flowergan.train.checkpointer import Checkpointer, OnCheckpoint
-from flowergan.train.compiling import compile_nets, pick_memory_format
+from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger
@@ -159,8 +159,9 @@ class _Step:
             x, _labels = next(batches)
             reals.append(x.to(device, non_blocking=True, memory_format=self.memory_format))
             zs.append(torch.randn(x.shape[0], self.cfg.model.nz, device=device))
-        out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
-                       r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every), D_r1=self.D_r1)
+        with cudnn_autotune(device):
+            out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
+                           r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every), D_r1=self.D_r1)
         if s.G_ema is not None:
             # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
             ema_update(s.G_ema, s.G, ema_decay_at(s.step, tc.ema_decay, tc.ema_warmup))
