@@ -156,11 +156,13 @@ def test_cache_auto_on_cuda_is_the_device_when_the_set_fits(rows, expected):
 
 def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
     """The loop's objects and one-iteration body, built as loop.py builds them (models, fused Adam, precision,
-    compiling.py, the stream with data.cache = "auto", noise, gan_step, EMA, on-device accumulators)."""
+    compiling.py, the stream with data.cache = "auto", noise, gan_step with the job files' R1 and DiffAugment, EMA,
+    on-device accumulators)."""
     import copy
 
     from flowergan.config import ModelConfig
     from flowergan.models import build_models
+    from flowergan.train.augment import make_augment
     from flowergan.train.step import Precision, ema_update, gan_step, resolve_amp
 
     device = torch.device("cuda")
@@ -178,6 +180,7 @@ def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
                           resolution=64, seed=0, device=device)
     assert stream.cache == "device"
     batches = stream.iter_from(0)
+    augment = make_augment("color,translation")
     acc = torch.zeros(5, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
 
@@ -187,7 +190,7 @@ def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
         real = x.to(device, non_blocking=True, memory_format=memory_format)
         z = torch.randn(batch, 100, device=device)
         with cudnn_autotune(device):
-            out = gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision)
+            out = gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, augment=augment, r1=0.5, D_r1=D)
         ema_update(G_ema, G, min(0.999, (1 + step) / (10 + step)))
         values = torch.stack([out.loss_d, out.loss_g, out.d_real, out.d_fake_before, out.d_fake_after])
         finite &= torch.isfinite(values[:2]).all()
@@ -224,7 +227,8 @@ def _syncs_of_a_run(run_dir: Path, steps: int, shards: Path) -> int:
     # Batch 4: 16 batches per epoch, so neither run reaches an epoch's end (whose logging syncs too).
     cfg = tiny_config(run_dir, f"data.path={shards}", "data.workers=0", "train.device=cuda", f"train.steps={steps}",
                       f"log.every={steps}", f"train.checkpoint_every={steps}", f"log.sample_every={steps}",
-                      "train.batch_size=4", "log.tensorboard=false")
+                      "train.batch_size=4", "log.tensorboard=false", "train.r1_gamma=1",
+                      "train.diffaugment=color,translation")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
