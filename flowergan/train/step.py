@@ -158,7 +158,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             # The fakes first: a compiled D updates its BatchNorm buffers with in-place copies that autograd counts,
             # and the eager R1 pass over the reals saves those buffers for its backward, so nothing may follow it.
             fake_logits = D(d_fake_in)
-            real_logits = (D_r1 or D)(d_real_in) if r1 > 0 else D(d_real_in)
+            real_logits = (D_r1 if r1 > 0 and D_r1 is not None else D)(d_real_in)
             loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
             if r1 > 0:
                 loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in, precision.loss_scale(real_logits))
