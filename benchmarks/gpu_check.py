@@ -85,6 +85,23 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 # Set-up: the machine, the data.
 
 
+# The torch versions the test suite has passed under, besides CI's pin (.ci/constraints.txt, the whole suite): the
+# GPU machine's torch 2.11 / torchvision 0.26 in a second venv on a CPU (every test not marked slow, and the slow
+# compile, torchrun, gpu_check, sample and demo tests). pyproject's lower bound, torch >= 2.4, is not tested.
+ALSO_TESTED_TORCH = {"2.11.0": "torchvision 0.26, on a CPU, 2026-12-06"}
+
+
+def tested_torch() -> str:
+    """Which torch versions the suite passed under, and whether the running one is among them."""
+    pins = (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+    ci = next((line.split("==")[1] for line in pins if line.lower().startswith("torch==")), "unknown")
+    running = torch.__version__.split("+")[0]
+    known = running == ci or running in ALSO_TESTED_TORCH
+    also = ", ".join(f"{v} ({how})" for v, how in ALSO_TESTED_TORCH.items())
+    return (f"tested with torch {ci} (CI's pin) and {also}; this torch ({running}) "
+            f"{'is one of them' if known else 'is NOT one of them'}")
+
+
 def versions() -> str:
     """torch, CUDA and cuDNN as this process sees them: the first line of the check's output."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -416,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     t_start = time.monotonic()
     print(versions(), flush=True)  # first: a failure further on is read against these
+    print(tested_torch(), flush=True)
     try:  # "cuda" becomes "cuda:N": the device the stream's and the models' tensors report
         device = pick_device(args.device)
     except UserError as e:
@@ -449,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.workers = min(args.workers, os.cpu_count() or 1)
     flops = S.step_flops(ModelConfig(ngf=args.width, ndf=args.width))
-    res: dict[str, Any] = {"schema": 2, "quick": args.quick, "versions": versions(), "machine": machine(device),
+    res: dict[str, Any] = {"schema": 2, "quick": args.quick, "versions": versions(), "tested": tested_torch(),
+                           "machine": machine(device),
                            "batches": args.batch_list, "recipe": vars(args.recipe), "flops_per_image": flops,
                            "peak_tflops": {"datasheet_bf16": S.datasheet_peak(device),
                                            "matmul_bf16_measured": None}}

@@ -36,6 +36,7 @@ def test_gpu_check_quick_on_the_cpu_writes_every_section(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.splitlines()[0].startswith(f"torch {torch.__version__}, CUDA ")  # versions first
+    assert r.stdout.splitlines()[1].startswith("tested with torch ")
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res["recipe"] == {"r1_gamma": 1.0, "r1_every": 1, "diffaugment": "color,translation"}
     assert res["pytest_plan"]["tests"] >= 8 and res["pytest_plan"]["reserve_s"] == 0  # --quick keeps none
@@ -96,9 +97,17 @@ def test_pytests_share_of_the_budget_comes_from_the_test_count():
     assert gpu_check.pytest_reserve_s(2 * n) > gpu_check.pytest_reserve_s(n)
 
 
-def test_versions_name_torch_cuda_and_cudnn():
+def test_versions_name_torch_cuda_and_cudnn_and_the_tested_ones(monkeypatch):
     line = gpu_check.versions()
     assert line.startswith(f"torch {torch.__version__}, CUDA ") and ", cuDNN " in line
+    tested = gpu_check.tested_torch()
+    assert tested.startswith("tested with torch ") and "2.11.0 (" in tested
+    pinned = next(x.split("==")[1] for x in (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+                  if x.startswith("torch=="))
+    monkeypatch.setattr(torch, "__version__", pinned + "+cu130")
+    assert f"torch {pinned} (CI's pin)" in gpu_check.tested_torch() and "is one of them" in gpu_check.tested_torch()
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    assert gpu_check.tested_torch().endswith("this torch (2.5.1) is NOT one of them")
 
 
 def test_the_step_variants_train_the_jobs_recipe(monkeypatch):

@@ -66,7 +66,9 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
 
     G_train = dist.wrap(state.G, device, cfg.cluster.sync_batchnorm)
-    D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm)
+    # D's BatchNorm statistics stay per rank: D always trains in train mode (batch statistics), so they never
+    # enter a loss, and DDP's broadcast of them would overwrite tensors D's first call of a step saved.
+    D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm, broadcast_buffers=False)
     D_r1 = D_train  # R1's double backward runs through D uncompiled (see gan_step)
     G_train, D_train = compile_nets(G_train, D_train, tc, device)
     one_step = _Step(cfg, state, G_train, D_train, D_r1, memory_format, steps)
