@@ -8,7 +8,9 @@ Variants (each trains its own DCGAN 64x64, nz 100, ngf = ndf = 64, Adam 2e-4, be
 * tutorial, GPU tensors: the same loop on one batch already on the device (the loop alone);
 * flowergan fp32, bf16, bf16 + channels_last, bf16 + channels_last + torch.compile (CUDA graphs on CUDA): the
   training loop's own pieces (build_models, fused Adam, Precision, compiling.py, gan_step, ema_update) fed by
-  flowergan's stream with `data.cache = "auto"` (on a GPU: the decoded set on the device).
+  flowergan's stream with `data.cache = "auto"` (on a GPU: the decoded set on the device), training the recipe of
+  the job file the end-to-end run trains (`Recipe`: R1 and DiffAugment), so the variant picked for that run is
+  the one fastest at what it will run.
 
 Variants alternate within each round (ABC..., then reversed); img/s is the median over rounds, and every ratio is
 the median of the per-round ratios to a tutorial variant of the same round. FLOPs are counted from the networks'
@@ -29,8 +31,9 @@ from torch import nn
 from flowergan.config import DataConfig, ModelConfig, TrainConfig
 from flowergan.data.loader.protocol import BatchStream
 from flowergan.models import build_models
-from flowergan.train.compiling import compile_nets, pick_memory_format
-from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
+from flowergan.train.augment import make_augment
+from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
+from flowergan.train.step import Precision, Targets, ema_update, gan_step, r1_weight, resolve_amp
 
 Step = Callable[[], None]
 
@@ -148,6 +151,23 @@ def tutorial_tensors(real: torch.Tensor, device: torch.device, width: int = 64) 
     return make_reference(real.to(device), 100, device, width, width)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What a job trains beyond the bare DCGAN step: R1 (gamma, every k steps) and the DiffAugment policy."""
+
+    r1_gamma: float = 0.0
+    r1_every: int = 1
+    diffaugment: str = ""
+
+    @classmethod
+    def of_job(cls, path: Path) -> Recipe:
+        """The recipe `path` (a job TOML) sets."""
+        from flowergan.config import load_config
+
+        tc = load_config(path).train
+        return cls(tc.r1_gamma, tc.r1_every, tc.diffaugment)
+
+
 @dataclass
 class Variant:
     """One flowergan set-up: precision, memory format and compiling, as the TrainConfig fields say."""
@@ -182,8 +202,10 @@ def flowergan_stream(shards: Path, batch: int, workers: int, device: torch.devic
                         resolution=64, seed=0, device=device)
 
 
-def flowergan_step(stream: BatchStream, variant: Variant, batch: int, device: torch.device, width: int = 64) -> Step:
-    """One iteration of flowergan's loop body (batch from its stream, noise, gan_step, EMA), set up as loop.py."""
+def flowergan_step(stream: BatchStream, variant: Variant, batch: int, device: torch.device, width: int = 64,
+                   recipe: Recipe = Recipe()) -> Step:
+    """One iteration of flowergan's loop body (batch from its stream, noise, gan_step with `recipe`, EMA), set up
+    as loop.py sets it up (R1 through the uncompiled D, cuDNN autotuning around the step)."""
     tc = variant.train_config(batch)
     torch.manual_seed(0)
     G, D = build_models(ModelConfig(ngf=width, ndf=width))
@@ -196,6 +218,7 @@ def flowergan_step(stream: BatchStream, variant: Variant, batch: int, device: to
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999), **fused)
     precision = Precision(device, *resolve_amp(tc.amp, device))
     G_train, D_train = compile_nets(G, D, tc, device)
+    augment = make_augment(recipe.diffaugment) if recipe.diffaugment else None
     batches = stream.iter_from(0)
     targets = Targets()
     state = {"step": 0}
@@ -204,7 +227,9 @@ def flowergan_step(stream: BatchStream, variant: Variant, batch: int, device: to
         x, _labels = next(batches)
         real = x.to(device, non_blocking=True, memory_format=memory_format)
         z = torch.randn(batch, 100, device=device)
-        gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, targets)
+        with cudnn_autotune(device):
+            gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, targets, augment,
+                     r1=r1_weight(state["step"], recipe.r1_gamma, recipe.r1_every), D_r1=D)
         ema_update(G_ema, G, min(0.999, (1 + state["step"]) / (10 + state["step"])))
         state["step"] += 1
 

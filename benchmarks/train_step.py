@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from flowergan.config import ModelConfig
+from flowergan.devices import normalize
 from flowergan.models import build_models
 from flowergan.train.augment import make_augment
 from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no CUDA device")
+    device = normalize(device)  # "cuda" -> "cuda:N", the device its tensors report
     gpu = device.type == "cuda"
     rounds = args.rounds or (10 if gpu else 12)
     steps = args.steps or (50 if gpu else 1)

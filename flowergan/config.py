@@ -155,13 +155,15 @@ class EvalConfig:
 class ClusterConfig:
     name: str = _f("", "Ray Train run name; fixed so a relaunch resumes ('' = the job file's stem)")
     workers: int = _f(1, "Ray Train workers (one GPU each on a GPU cluster)", lo=1, hi=4096)
-    gpus_per_worker: float = _f(0.0, "GPUs per worker (0 = CPU workers with gloo)", lo=0.0)
+    gpus_per_worker: float = _f(0.0, "GPUs per worker: 0 = CPU workers with gloo, else a whole number >= 1 (NCCL "
+                                "cannot put two ranks on one GPU)", lo=0.0)
     cpus_per_worker: float = _f(1.0, "CPUs per worker", lo=0.0, lo_open=True)
     address: str = _f("", "Ray address: '' starts or joins a local Ray, 'auto', or ray://HOST:10001")
     storage_path: str = _f("", "Ray Train storage: a shared directory or s3:// gs:// ('' = log.run_dir)")
     max_failures: int = _f(3, "worker-group restarts from the newest checkpoint", lo=-1)
     num_to_keep: int = _f(3, "checkpoints Ray Train keeps in storage", lo=1)
-    sync_batchnorm: bool = _f(False, "SyncBatchNorm across workers")
+    sync_batchnorm: bool = _f(False, "SyncBatchNorm across workers (not with train.r1_gamma > 0: its backward is "
+                              "not twice differentiable)")
     pg_timeout_s: int = _f(1800, "seconds a rank waits at a collective before the process group fails it (Ray "
                            "Train and torchrun); in-training evaluation on rank 0 holds the other ranks that long",
                            lo=60, hi=86_400)
@@ -287,6 +289,14 @@ def validate(cfg: Config) -> Config:
         if b.strip() and b.strip() not in LOG_BACKENDS:
             raise ConfigError(f"log.backends: {b.strip()!r} is not allowed; "
                               f"use a comma-separated subset of: {', '.join(LOG_BACKENDS)}")
+    gpus = cfg.cluster.gpus_per_worker
+    if gpus > 0 and (gpus < 1 or gpus != int(gpus)):
+        raise ConfigError(f"cluster.gpus_per_worker: {gpus!r} is not allowed; use 0 (CPU workers) or a whole number "
+                          ">= 1 (NCCL cannot put two ranks on one GPU)")
+    if cfg.cluster.sync_batchnorm and cfg.train.r1_gamma > 0:
+        raise ConfigError(f"cluster.sync_batchnorm = true cannot be combined with train.r1_gamma = "
+                          f"{cfg.train.r1_gamma!r}: SyncBatchNorm's backward is not twice differentiable (R1 needs "
+                          "it); set one of them off")
     if cfg.train.batch_size % cfg.cluster.workers:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly across "
                           f"cluster.workers = {cfg.cluster.workers}")

@@ -25,6 +25,21 @@ def pick_device(name: str | torch.device | None, field: str = "--device") -> tor
             raise UserError(f"{field}: {name!r} asked for but no CUDA GPU is visible; use cpu or auto")
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return normalize(dev)
+
+
+def normalize(device: str | torch.device) -> torch.device:
+    """`device` spelt as the tensors on it report theirs, so two spellings of one place compare equal.
+
+    `torch.device("cuda") != torch.device("cuda:0")` although tensors made on the first live on the second (a
+    bare "cuda" is the current GPU), and "cpu:0" is "cpu". Devices are normalised where they enter (pick_device,
+    build_stream, train, the benchmarks) and compared only after that.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -108,16 +108,34 @@ def recompute_bn_stats(G: nn.Module, *, batches: int = BN_BATCHES, seed: int = B
     return G.eval()
 
 
+def plain_batchnorm(G: nn.Module) -> nn.Module:
+    """G with each SyncBatchNorm (`cluster.sync_batchnorm`) replaced, in place, by a BatchNorm2d that holds the
+    same parameters and statistics. Rank 0 alone samples and recomputes statistics: in train mode a SyncBatchNorm
+    would issue collectives that no other rank joins."""
+    for name, child in G.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                child.track_running_stats)
+            bn.weight, bn.bias = child.weight, child.bias  # the same tensors: G here is a copy already
+            bn.running_mean, bn.running_var = child.running_mean, child.running_var
+            bn.num_batches_tracked = child.num_batches_tracked
+            setattr(G, name, bn.train(child.training))
+        else:
+            plain_batchnorm(child)
+    return G
+
+
 def for_sampling(G: nn.Module, g_sample_bn: str) -> nn.Module:
     """G as samples should be drawn (`model.g_sample_bn`): G itself for "eval", or a copy with recomputed
-    BatchNorm statistics for "batch" (G, which may be training, is left untouched)."""
+    BatchNorm statistics for "batch" (G, which may be training, is left untouched; the copy's BatchNorm is
+    plain, never SyncBatchNorm)."""
     if g_sample_bn == "eval":
         return G
     if g_sample_bn != "batch":
         raise ValueError(f"g_sample_bn must be 'eval' or 'batch', got {g_sample_bn!r}")
     import copy
 
-    return recompute_bn_stats(copy.deepcopy(G))
+    return recompute_bn_stats(plain_batchnorm(copy.deepcopy(G)))
 
 
 def generate(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,

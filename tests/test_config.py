@@ -154,6 +154,11 @@ def test_set_values_are_parsed_to_the_field_type(override: str, field: str, valu
         ('[train]\ndiffaugment = "color,flip"\n', (), ["train.diffaugment", "flip", "translation"]),
         # batch not divisible by workers
         ("[train]\nbatch_size = 10\n[cluster]\nworkers = 4\n", (), ["train.batch_size", "cluster.workers"]),
+        # NCCL cannot put two ranks on one GPU: whole GPUs per worker
+        ("[cluster]\ngpus_per_worker = 0.5\n", (), ["cluster.gpus_per_worker", "0.5", "whole number"]),
+        ("", ("cluster.gpus_per_worker=1.5",), ["cluster.gpus_per_worker", "whole number"]),
+        # SyncBatchNorm's backward is not twice differentiable: no R1 with it
+        ("", ("cluster.sync_batchnorm=true", "train.r1_gamma=1"), ["cluster.sync_batchnorm", "train.r1_gamma"]),
         # not a table
         ("steps = 3\n", (), ["[steps]"]),
         # invalid TOML names the file
@@ -164,6 +169,11 @@ def test_validation_errors_name_the_field(tmp_path: Path, toml: str, overrides: 
     msg = _error(tmp_path, toml, overrides)
     for name in names:
         assert name in msg, f"{name!r} not in {msg!r}"
+
+
+@pytest.mark.parametrize("gpus", ["0", "1", "2.0", "8"])
+def test_whole_gpus_per_worker_load(gpus: str) -> None:
+    assert load_config(None, [f"cluster.gpus_per_worker={gpus}"]).cluster.gpus_per_worker == float(gpus)
 
 
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:

@@ -196,6 +196,18 @@ def test_damaged_shard_is_named_in_one_line(shards, tmp_path, workers):
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
 
 
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_device_spelt_with_an_index_is_the_same_device(shards, cache):
+    """The CPU twin of `torch.device("cuda") != torch.device("cuda:0")`: "cpu:0" names the device the cached set's
+    tensors report as "cpu"; the stream must see them as the same place (not gather into pinned memory, which
+    needs a GPU) and give the batches the plain spelling gives."""
+    c = cfg(shards, cache=cache, hflip=0.5)
+    plain = take(iter(build_stream(c, batch_size=8, resolution=16, seed=1, device=torch.device("cpu"))), 3)
+    indexed = take(iter(build_stream(c, batch_size=8, resolution=16, seed=1, device=torch.device("cpu", 0))), 3)
+    for (xp, yp), (xi, yi) in zip(plain, indexed, strict=True):
+        assert torch.equal(xp, xi) and torch.equal(yp, yi)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cache,workers", [("none", 2), ("none", 0), ("memory", 0), ("device", 0)])

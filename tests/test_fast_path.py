@@ -20,7 +20,7 @@ from flowergan.data.ingest.synth import write_synthflowers
 from flowergan.data.loader.cached import CACHE_FRACTION, resolve_cache
 from flowergan.data.loader.transform import to_device
 from flowergan.errors import UserError
-from flowergan.train.compiling import compile_nets, pick_memory_format
+from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
 
 CPU = torch.device("cpu")
 
@@ -93,6 +93,51 @@ def test_cudnn_autotuning_is_left_alone_off_cuda():
         torch.backends.cudnn.benchmark = before
 
 
+def _cgroup(tmp_path: Path, limit: str, usage: int, inactive_file: int) -> tuple[Path, Path, Path]:
+    files = (tmp_path / "memory.max", tmp_path / "memory.current", tmp_path / "memory.stat")
+    files[0].write_text(f"{limit}\n")
+    files[1].write_text(f"{usage}\n")
+    files[2].write_text(f"anon {usage - inactive_file}\ninactive_file {inactive_file}\nactive_file 0\n")
+    return files
+
+
+def test_the_memory_cache_is_sized_by_the_pods_cgroup_limit_where_there_is_one(tmp_path, monkeypatch):
+    """A pod's memory.max is usually far below the node's MemAvailable, and a cache past it gets the pod
+    OOM-killed: the free memory is the limit less what the cgroup holds (reclaimable page cache not counted)."""
+    from flowergan.data.loader import cached
+    from flowergan.data.loader.cached import _available_memory, check_memory
+
+    gib = 2**30
+    node = _available_memory()
+    assert node is not None and node > gib
+    monkeypatch.setattr(cached, "CGROUP_MEMORY", (_cgroup(tmp_path, str(2 * gib), 3 * gib // 2, gib // 2),))
+    assert _available_memory() == gib  # 2 GiB limit - (1.5 GiB used - 0.5 GiB reclaimable page cache)
+    assert resolve_cache("memory", 10_000, 128, CPU) == "memory"
+    with pytest.raises(UserError, match=r"data.cache = 'memory': the decoded set needs 0.5 GiB, more than 50% of "
+                                        r"the 1.0 GiB of free memory"):
+        check_memory(11_000, 128, "memory", CPU)  # 0.50 GiB: over half of the pod's 1 GiB, far under the node's
+    monkeypatch.setattr(cached, "CGROUP_MEMORY", (_cgroup(tmp_path, "max", gib, 0),))  # no limit: the node's
+    assert abs(_available_memory() - node) < gib
+
+
+def test_cudnn_autotuning_is_on_for_flowergans_steps_only():
+    """Not process-wide: a tutorial loop timed beside flowergan's (gpu_check) must run as the tutorial does."""
+    cuda = torch.device("cuda", 0)  # setting the flag needs no GPU
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        G, D = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        assert compile_nets(G, D, TrainConfig(), cuda) == (G, D)
+        assert torch.backends.cudnn.benchmark is False
+        with cudnn_autotune(cuda):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with cudnn_autotune(CPU):
+            assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def test_to_device_leaves_cpu_tensors_alone():
     t = torch.arange(4)
     assert to_device(t, CPU) is t
@@ -111,11 +156,13 @@ def test_cache_auto_on_cuda_is_the_device_when_the_set_fits(rows, expected):
 
 def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
     """The loop's objects and one-iteration body, built as loop.py builds them (models, fused Adam, precision,
-    compiling.py, the stream with data.cache = "auto", noise, gan_step, EMA, on-device accumulators)."""
+    compiling.py, the stream with data.cache = "auto", noise, gan_step with the job files' R1 and DiffAugment, EMA,
+    on-device accumulators)."""
     import copy
 
     from flowergan.config import ModelConfig
     from flowergan.models import build_models
+    from flowergan.train.augment import make_augment
     from flowergan.train.step import Precision, ema_update, gan_step, resolve_amp
 
     device = torch.device("cuda")
@@ -133,6 +180,7 @@ def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
                           resolution=64, seed=0, device=device)
     assert stream.cache == "device"
     batches = stream.iter_from(0)
+    augment = make_augment("color,translation")
     acc = torch.zeros(5, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
 
@@ -141,7 +189,8 @@ def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
         x, _ = next(batches)
         real = x.to(device, non_blocking=True, memory_format=memory_format)
         z = torch.randn(batch, 100, device=device)
-        out = gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision)
+        with cudnn_autotune(device):
+            out = gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, augment=augment, r1=0.5, D_r1=D)
         ema_update(G_ema, G, min(0.999, (1 + step) / (10 + step)))
         values = torch.stack([out.loss_d, out.loss_g, out.d_real, out.d_fake_before, out.d_fake_after])
         finite &= torch.isfinite(values[:2]).all()
@@ -178,7 +227,8 @@ def _syncs_of_a_run(run_dir: Path, steps: int, shards: Path) -> int:
     # Batch 4: 16 batches per epoch, so neither run reaches an epoch's end (whose logging syncs too).
     cfg = tiny_config(run_dir, f"data.path={shards}", "data.workers=0", "train.device=cuda", f"train.steps={steps}",
                       f"log.every={steps}", f"train.checkpoint_every={steps}", f"log.sample_every={steps}",
-                      "train.batch_size=4", "log.tensorboard=false")
+                      "train.batch_size=4", "log.tensorboard=false", "train.r1_gamma=1",
+                      "train.diffaugment=color,translation")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

@@ -100,6 +100,21 @@ def test_for_sampling_batch_leaves_g_alone_and_changes_its_samples() -> None:
         for_sampling(G, "train")
 
 
+def test_for_sampling_a_sync_batchnorm_g_uses_plain_batchnorm() -> None:
+    """cluster.sync_batchnorm converts G's BatchNorm in place; rank 0 alone recomputes statistics and samples, so
+    a SyncBatchNorm in train mode there would issue collectives no other rank joins (a hang until the process
+    group's timeout). The copy sampled from has plain BatchNorm with G's parameters and statistics."""
+    G = _trained_like_g().train()
+    plain_samples = for_sampling(copy.deepcopy(G), "batch")
+    G_sync = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    S = for_sampling(G_sync, "batch")
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in S.modules())
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in G_sync.modules())  # the training G is left alone
+    z = next(latent_blocks(G.nz, 5))
+    with torch.no_grad():
+        assert torch.equal(S(z), plain_samples(z))
+
+
 @pytest.fixture(scope="module")
 def batch_run(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory.mktemp("recipe") / "run", "model.g_sample_bn=batch", "train.r1_gamma=1",

@@ -301,6 +301,16 @@ def test_resolve_amp(amp: str, device: str, want: tuple) -> None:
     assert resolve_amp(amp, torch.device(device)) == want
 
 
+def test_amp_auto_asks_the_training_gpu_for_native_bf16(monkeypatch) -> None:
+    """bf16 where the training device has it natively (compute capability >= 8.0: A100, H100), else fp16; never
+    `is_bf16_supported()`, which says True for GPUs that only emulate bf16 (T4, V100) and asks the current GPU."""
+    caps = {0: (9, 0), 1: (7, 5)}  # e.g. an H100 as cuda:0 (the current device) and a T4 as cuda:1
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: caps[torch.device(device).index])
+    assert resolve_amp("auto", torch.device("cuda", 0)) == (torch.bfloat16, False)
+    assert resolve_amp("auto", torch.device("cuda", 1)) == (torch.float16, True)
+
+
 def test_train_step_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
     from pathlib import Path
@@ -357,3 +367,56 @@ def test_lr_decay_is_linear_to_zero_over_the_last_steps() -> None:
     assert [lr_factor(s, 10, 0) for s in (0, 9)] == [1.0, 1.0]  # off
     assert [lr_factor(s, 10, 4) for s in range(10)] == [1.0] * 6 + [1.0, 0.75, 0.5, 0.25]
     assert lr_factor(0, 10, 20) == 0.5  # longer than the run: the run starts part-way down the ramp
+
+
+def _faint_d() -> nn.Module:
+    """A D whose input gradients (~1e-9 a pixel) are below fp16's smallest number (6e-8): R1's fp16 trap."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(4, 4, 3, padding=1),
+                      nn.LeakyReLU(0.2), nn.Conv2d(4, 1, R), nn.Flatten(0))
+    with torch.no_grad():
+        for m in D.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(1e-2)
+    return D
+
+
+def _penalties_seen(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    import flowergan.train.step as step_module
+
+    seen: list[torch.Tensor] = []
+    real_r1 = step_module.r1_penalty
+
+    def spy(*args, **kwargs):
+        seen.append(real_r1(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(step_module, "r1_penalty", spy)
+    return seen
+
+
+def test_r1_under_fp16_scales_the_outputs_so_the_gradient_does_not_underflow(monkeypatch) -> None:
+    """PyTorch's AMP gradient-penalty recipe: the input gradient of scaled outputs, unscaled in fp32."""
+    G, _, opt_g, _, reals, zs = _setup()
+    D = _faint_d()
+    x = reals[0].clone().requires_grad_(True)
+    want = r1_penalty(D(x), x).detach()  # fp32
+    with torch.autocast("cpu", dtype=torch.float16):  # the fault: unscaled, fp16 flushes it to zero
+        assert r1_penalty(D(x).float(), x) == 0
+    seen = _penalties_seen(monkeypatch)
+    opt_d = torch.optim.Adam(D.parameters(), 1e-3)
+    gan_step(G, D, opt_g, opt_d, reals, zs, Precision(CPU, torch.float16, True), r1=5.0)
+    assert want > 0 and torch.allclose(seen[0].detach(), want, rtol=0.05, atol=0), (seen[0], want)
+
+
+def test_an_overflowing_r1_under_fp16_is_the_scalers_to_skip_not_a_non_finite_loss(monkeypatch) -> None:
+    """A scale too large for the penalty's gradient: the loss stays finite (the loop would roll back on a
+    non-finite one), D's step is skipped and the scaler backs off, as for any fp16 overflow."""
+    G, D, opt_g, opt_d, reals, zs = _setup()
+    precision = Precision(CPU, torch.float16, True)
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    D0 = _params(D)
+    seen = _penalties_seen(monkeypatch)
+    out = gan_step(G, D, opt_g, opt_d, reals, zs, precision, r1=5.0)
+    assert seen and seen[0] == 0 and torch.isfinite(out.loss_d)
+    assert _same(_params(D), D0) and precision.scaler.get_scale() < 2.0**40

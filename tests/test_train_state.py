@@ -75,6 +75,34 @@ def test_resume_prints_the_note_and_continues(one_thread, tmp_path, capsys, monk
     assert metrics["Progress/images_seen"] == 6 * 8
 
 
+def test_optimizer_state_takes_the_layout_of_the_params_it_resumes(one_thread, tmp_path) -> None:
+    """A NCHW checkpoint (the CPU's) resumed with NHWC params and fused Adam (a GPU's "auto"): the Adam moments
+    must be laid out as their params (CUDA's fused kernel refuses anything else; load_state_dict keeps the
+    saved strides)."""
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=4", "train.checkpoint_every=4"), stream=TensorStream())
+    cfg = tiny_config(run, "train.steps=8", "train.checkpoint_every=4", "train.channels_last=true", "optim.fused=on")
+    state = new_state(cfg, torch.device("cpu"), torch.channels_last, best=float("inf"))
+    ckpt_io.load_state(ckpt_io.list_checkpoints(run / "checkpoints")[-1], cfg, state, rank=0, world=1)
+    four_d = [p for net in (state.G, state.D) for p in net.parameters() if p.dim() == 4]
+    assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    for opt in (state.opt_g, state.opt_d):
+        for p, moments in opt.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert moments[key].stride() == p.stride(), (key, tuple(p.shape))
+    metrics = train(cfg, resume=True, stream=TensorStream())  # and the run goes on, fused, in NHWC
+    assert metrics["Progress/images_seen"] == 8 * 8
+
+
+def test_an_amp_off_checkpoint_resumes_with_fp16(one_thread, tmp_path) -> None:
+    """An amp-off (or bf16) run saves an empty GradScaler state; an fp16 run resuming it starts a fresh scaler."""
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=4", "train.checkpoint_every=4", "train.amp=off"), stream=TensorStream())
+    metrics = train(tiny_config(run, "train.steps=6", "train.checkpoint_every=4", "train.amp=fp16"), resume=True,
+                    stream=TensorStream())
+    assert metrics["Progress/images_seen"] == 6 * 8
+
+
 @pytest.mark.parametrize("step, due", [
     (1, set()), (2, {"log"}), (3, set()), (4, {"log", "epoch_end", "sample"}),
     (5, {"log", "evaluate", "checkpoint"}), (6, {"log", "checkpoint"}), (8, {"log", "epoch_end", "sample"}),
@@ -115,3 +143,19 @@ def test_a_misspelt_fault_point_or_action_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("FLOWERGAN_FAULT_ACTION", "explode")
     with pytest.raises(ValueError, match="FLOWERGAN_FAULT_ACTION='explode'"):
         maybe_inject_fault(3, 0, point="saved")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_perturb_fault_nudges_one_weight_in_either_layout(monkeypatch, memory_format) -> None:
+    """`perturb` changes exactly one element of G's first weight by 1e-3, also when that weight is NHWC (a GPU's
+    layout, where a flat view of it does not exist)."""
+    from flowergan.models import Generator
+    from flowergan.train.faults import maybe_inject_fault
+
+    G = Generator(8, 8, 16).to(memory_format=memory_format)
+    before = next(G.parameters()).detach().clone()
+    monkeypatch.setenv("FLOWERGAN_FAULT_STEP", "3")
+    monkeypatch.setenv("FLOWERGAN_FAULT_ACTION", "perturb")
+    maybe_inject_fault(3, 0, nets={"G": G})
+    diff = next(G.parameters()).detach() - before
+    assert (diff != 0).sum() == 1 and diff.sum().item() == pytest.approx(1e-3)

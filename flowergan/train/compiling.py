@@ -1,12 +1,15 @@
 """How G and D run on the device: memory format, cuDNN autotuning and the opt-in torch.compile (CUDA graphs too).
 
-The loop calls `pick_memory_format` once for the models and every batch, and `compile_nets` once for the modules
-the GAN step calls (after any DDP wrapping). Checkpoints never see what happens here: the loop saves the plain
-G and D, whose parameters the compiled modules share, so resume is exact with or without compiling.
+The loop calls `pick_memory_format` once for the models and every batch, `compile_nets` once for the modules
+the GAN step calls (after any DDP wrapping), and runs every step inside `cudnn_autotune`. Checkpoints never see
+what happens here: the loop saves the plain G and D, whose parameters the compiled modules share, so resume is
+exact with or without compiling.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import cast
 
 import torch
@@ -53,16 +56,29 @@ def compile_mode(tc: TrainConfig, device: torch.device) -> str:
     return tc.compile_mode
 
 
-def compile_nets(G_train: nn.Module, D_train: nn.Module, tc: TrainConfig,
-                 device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """The modules the step calls: cuDNN autotuning on CUDA, and torch.compile'd ones when `train.compile`.
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning on CUDA for what runs inside (the step: forwards and backwards), put back after.
 
     cuDNN benchmarks its convolution algorithms once per shape and keeps the fastest; the step's shapes never
     change, so that pays from the second step on (it also means runs on a GPU are not bit-reproducible, which
-    GPU convolutions' atomic-add backward kernels are not anyway).
+    GPU convolutions' atomic-add backward kernels are not anyway). Scoped, not process-wide: other code in the
+    process (gpu_check's tutorial loop, the eval package) runs with the setting it chose.
     """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def compile_nets(G_train: nn.Module, D_train: nn.Module, tc: TrainConfig,
+                 device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The modules the step calls: torch.compile'd ones when `train.compile` (run them in `cudnn_autotune`)."""
     if not tc.compile:
         return G_train, D_train
     mode = compile_mode(tc, device)

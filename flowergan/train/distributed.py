@@ -63,14 +63,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
-    """DDP-wrap one network (G and D get separate wrappers); the module itself outside a process group."""
+def wrap(module: nn.Module, device: torch.device, sync_batchnorm: bool = False,
+         broadcast_buffers: bool = True) -> nn.Module:
+    """DDP-wrap one network (G and D get separate wrappers); the module itself outside a process group.
+
+    `broadcast_buffers=False` for a network called more than once before one backward (D: fakes, then reals):
+    DDP would copy rank 0's BatchNorm statistics into it in place at the second call, over tensors the first
+    call saved for its backward (torch 2.11 then fails the backward; found running the suite under it).
+    """
     if not is_distributed():
         return module
     if sync_batchnorm:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=broadcast_buffers)
 
 
 def all_true(flag: torch.Tensor) -> bool:

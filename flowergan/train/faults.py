@@ -53,7 +53,8 @@ def maybe_inject_fault(step: int, rank: int, point: str = "step", nets: Mapping[
         if nets is None:
             raise ValueError(f"FLOWERGAN_FAULT_ACTION=perturb needs the nets (point 'step'), not point {point!r}")
         with torch.no_grad():
-            next(nets["G"].parameters()).view(-1)[0] += 1e-3
+            w = next(nets["G"].parameters())
+            w[(0,) * w.dim()] += 1e-3  # an index, not view(-1): a channels_last weight has no flat view
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

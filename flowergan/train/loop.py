@@ -19,14 +19,14 @@ from torch import nn
 
 from flowergan.config import Config
 from flowergan.data.loader.protocol import BatchStream
-from flowergan.devices import pick_device
+from flowergan.devices import normalize, pick_device
 from flowergan.errors import UserError
 from flowergan.generation import for_sampling, recompute_bn_stats
 from flowergan.train import checkpoint as ckpt_io
 from flowergan.train import distributed as dist
 from flowergan.train import rng
 from flowergan.train.checkpointer import Checkpointer, OnCheckpoint
-from flowergan.train.compiling import compile_nets, pick_memory_format
+from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.logging import NullLogger
@@ -48,7 +48,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
           evaluate: Evaluate | None = None) -> dict[str, float]:
     """Train G and D as `cfg` says; returns the last logged metrics. See the module docstring."""
     rank, world = dist.rank(), dist.world_size()
-    device = device or pick_device(cfg.train.device, "train.device")
+    device = normalize(device) if device is not None else pick_device(cfg.train.device, "train.device")
     tc, run_dir = cfg.train, Path(cfg.log.run_dir)
     if tc.batch_size % world:
         raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")
@@ -66,9 +66,12 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
 
     G_train = dist.wrap(state.G, device, cfg.cluster.sync_batchnorm)
-    D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm)
+    # D's BatchNorm statistics stay per rank: D always trains in train mode (batch statistics), so they never
+    # enter a loss, and DDP's broadcast of them would overwrite tensors D's first call of a step saved.
+    D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm, broadcast_buffers=False)
+    D_r1 = D_train  # R1's double backward runs through D uncompiled (see gan_step)
     G_train, D_train = compile_nets(G_train, D_train, tc, device)
-    one_step = _Step(cfg, state, G_train, D_train, memory_format, steps)
+    one_step = _Step(cfg, state, G_train, D_train, D_r1, memory_format, steps)
 
     log = open_run_logger(cfg, run_dir, start_step=state.step) if rank == 0 else NullLogger()
     if rank == 0:
@@ -134,6 +137,7 @@ class _Step:
     state: TrainState
     G: nn.Module  # what runs the step: DDP-wrapped and/or compiled
     D: nn.Module
+    D_r1: nn.Module  # D for the R1 pass: DDP-wrapped like D, never compiled
     memory_format: torch.memory_format
     total: int  # the run's last step, where `optim.lr_decay_steps` ends
 
@@ -157,8 +161,9 @@ class _Step:
             x, _labels = next(batches)
             reals.append(x.to(device, non_blocking=True, memory_format=self.memory_format))
             zs.append(torch.randn(x.shape[0], self.cfg.model.nz, device=device))
-        out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
-                       r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every))
+        with cudnn_autotune(device):
+            out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
+                           r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every), D_r1=self.D_r1)
         if s.G_ema is not None:
             # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
             ema_update(s.G_ema, s.G, ema_decay_at(s.step, tc.ema_decay, tc.ema_warmup))

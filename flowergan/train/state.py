@@ -54,9 +54,11 @@ class TrainState:
         """Restore what `state_dict` returned; `sd["rng"] = None` keeps the current RNG streams."""
         for name, module in self.nets.items():
             module.load_state_dict(sd[name], strict=True)
-        self.opt_g.load_state_dict(sd["opt_g"])
-        self.opt_d.load_state_dict(sd["opt_d"])
-        self.precision.scaler.load_state_dict(sd["scaler"])
+        _load_optimizer(self.opt_g, sd["opt_g"])
+        _load_optimizer(self.opt_d, sd["opt_d"])
+        if sd["scaler"] or not self.precision.scaler.is_enabled():
+            self.precision.scaler.load_state_dict(sd["scaler"])
+        # else: a run without a scaler (amp off or bf16) saved an empty state; an fp16 resume starts a fresh one.
         self.step, self.images_seen, self.best = int(sd["step"]), int(sd["images_seen"]), float(sd["best"])
         if sd.get("rng") is not None:
             rng.restore(sd["rng"], self.device)
@@ -64,6 +66,20 @@ class TrainState:
     def snapshot(self) -> dict[str, Any]:
         """A deep copy of the state, kept in memory for a rollback without disk."""
         return copy.deepcopy(self.state_dict())
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    """`opt.load_state_dict(sd)`, with each per-parameter state tensor then laid out as its parameter.
+
+    load_state_dict keeps the saved strides: a NCHW checkpoint (the CPU's) resumed with NHWC parameters (a GPU's
+    `channels_last = "auto"`, or the flag toggled) would leave Adam's moments NCHW, which CUDA's fused Adam refuses
+    and the other kernels run slowly.
+    """
+    opt.load_state_dict(sd)
+    for p, entries in opt.state.items():
+        for key, value in entries.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                entries[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def new_state(cfg: Config, device: torch.device, memory_format: torch.memory_format, best: float) -> TrainState:

@@ -44,13 +44,25 @@ def g_loss(fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.g))
 
 
-def r1_penalty(real_logits: torch.Tensor, d_input: torch.Tensor) -> torch.Tensor:
+def r1_penalty(real_logits: torch.Tensor, d_input: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): E |grad_x D(x)|^2 over the real batch, differentiable for D's update.
 
-    `d_input` is the (augmented) real batch D saw, with requires_grad set before D's forward.
+    `d_input` is the (augmented) real batch D saw, with requires_grad set before D's forward. `scale` (fp16: the
+    GradScaler's scale as a device tensor) follows PyTorch's AMP gradient-penalty recipe: the gradient of scaled
+    outputs, so that it does not underflow on its way back through an fp16 D, unscaled in fp32 by a division on
+    the device (no host sync). A scaled gradient that overflowed gives a zero penalty whose gradients are not
+    finite: the scaler skips D's step and backs off, as for any fp16 overflow, and the loss stays finite (the
+    loop rolls back on a non-finite one).
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), d_input, create_graph=True)
-    return grad.float().square().sum(dim=(1, 2, 3)).mean()
+    if scale is None:
+        (grad,) = torch.autograd.grad(real_logits.sum(), d_input, create_graph=True)
+        return grad.float().square().sum(dim=(1, 2, 3)).mean()
+    # The mean's gradient (1/n a logit) times the scale: the sum's (1 a logit) times 2**16, GradScaler's first
+    # scale, is already past fp16's largest number. Multiplying by n / scale afterwards gives the sum's gradient.
+    n = real_logits.numel()
+    (scaled,) = torch.autograd.grad(real_logits.mean() * scale, d_input, create_graph=True)
+    penalty = (scaled.float() * (n / scale)).square().sum(dim=(1, 2, 3)).mean()
+    return torch.where(torch.isfinite(penalty), penalty, torch.zeros_like(penalty))
 
 
 def r1_weight(step: int, gamma: float, every: int) -> float:
@@ -73,12 +85,19 @@ def lr_factor(step: int, total: int, decay_steps: int) -> float:
     return min(1.0, (total - step) / decay_steps)
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether the training GPU computes in bf16 natively: compute capability >= 8.0 (Ampere on). Not
+    `torch.cuda.is_bf16_supported()`: it counts emulated bf16 (T4, V100: slower than fp16) and asks the current
+    device, which need not be the training one."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for a config value and device."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None, False
     if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        amp = "bf16" if has_native_bf16(device) else "fp16"
     if amp == "bf16":
         return torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
     return torch.float16, True
@@ -97,6 +116,12 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def loss_scale(self, like: torch.Tensor) -> torch.Tensor | None:
+        """The GradScaler's current scale as a tensor on `like`'s device (no host sync); None without a scaler."""
+        if not self.scaler.is_enabled():
+            return None
+        return self.scaler.scale(torch.ones((), dtype=torch.float32, device=like.device))
+
     def backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
@@ -111,10 +136,12 @@ def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              reals: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], precision: Precision,
              targets: Targets = Targets(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             r1: float = 0.0) -> StepOutput:
+             r1: float = 0.0, D_r1: nn.Module | None = None) -> StepOutput:
     """len(reals) D updates (the D:G ratio), then one G update that reuses the last D update's fake batch.
 
-    r1 > 0 adds r1 * E|grad_x D(x)|^2 on the reals to D's loss (see `r1_weight` for gamma/2 and laziness).
+    r1 > 0 adds r1 * E|grad_x D(x)|^2 on the reals to D's loss (see `r1_weight` for gamma/2 and laziness); on
+    those steps D's pass over the reals runs through `D_r1`, the same D uncompiled (DDP-wrapped where D is), when
+    D is torch.compile'd: AOTAutograd, which inductor builds on, has no double backward.
     """
     aug = augment or (lambda x: x)
     for i, (real, z) in enumerate(zip(reals, zs)):
@@ -127,11 +154,14 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             d_real_in = aug(real)
             if r1 > 0:  # a Python float: choosing the branch needs no device sync
                 d_real_in = d_real_in.detach().requires_grad_(True)
-            real_logits = D(d_real_in)
-            fake_logits = D(aug(fake.detach()))
+            d_fake_in = aug(fake.detach())
+            # The fakes first: a compiled D updates its BatchNorm buffers with in-place copies that autograd counts,
+            # and the eager R1 pass over the reals saves those buffers for its backward, so nothing may follow it.
+            fake_logits = D(d_fake_in)
+            real_logits = (D_r1 if r1 > 0 and D_r1 is not None else D)(d_real_in)
             loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
             if r1 > 0:
-                loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in)
+                loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in, precision.loss_scale(real_logits))
         precision.backward_step(loss_d, opt_d)
         if not last:
             # GradScaler allows one step() per optimizer between update()s, so each extra D update closes its

@@ -2,7 +2,8 @@
 
 64 px images take 12 KB each (50 MB for 4,096), so small sets never wait on the disk or the decoder. The shards are
 decoded whole by the loader workers on first use; batches are then index lookups per `Plan.cached_batches`.
-`data.cache = "auto"` picks the cache here (`resolve_cache`) from the set's size and the memory free now.
+`data.cache = "auto"` picks the cache here (`resolve_cache`) from the set's size and the memory free now (RAM:
+the node's, or the pod's cgroup limit less its usage where that is smaller).
 Nothing in a batch waits for the device: indices travel through pinned memory without blocking.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -67,7 +69,7 @@ class CachedBatches:
         x_all, y_all = self._load()
         for j, idx in self.plan.cached_batches(start):
             idx = to_device(idx, x_all.device)
-            if x_all.device == self.device:
+            if x_all.device == self.device:  # both normalised: build_stream's device, a tensor's
                 x = x_all.index_select(0, idx)
             else:  # "memory" on a GPU: gather straight into pinned RAM, then copy without blocking
                 x = torch.empty((len(idx), *x_all.shape[1:]), dtype=x_all.dtype, pin_memory=True)
@@ -76,8 +78,44 @@ class CachedBatches:
             yield x, to_device(y_all.index_select(0, idx), self.device)
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to new allocations (MemAvailable counts reclaimable page cache), if known."""
+# This process's cgroup memory files: (limit, usage, stat) of cgroup v2, then of v1. A container sees the node's
+# /proc/meminfo, but its pod is OOM-killed at its own limit.
+CGROUP_MEMORY = (
+    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current"), Path("/sys/fs/cgroup/memory.stat")),
+    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+     Path("/sys/fs/cgroup/memory/memory.stat")),
+)
+_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def _inactive_file(stat: Path) -> int:
+    """Reclaimable page cache the cgroup's usage counts (inactive_file; v1 says total_inactive_file), else 0."""
+    try:
+        for line in stat.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("inactive_file", "total_inactive_file"):
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_free() -> int | None:
+    """Bytes this container may still take before its cgroup's memory limit, or None where it has no limit."""
+    for limit_file, usage_file, stat_file in CGROUP_MEMORY:
+        try:
+            limit_text = limit_file.read_text().strip()
+            usage = int(usage_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= _NO_LIMIT:
+            return None
+        return max(0, int(limit_text) - (usage - _inactive_file(stat_file)))
+    return None
+
+
+def _node_available() -> int | None:
+    """The node's MemAvailable (it counts reclaimable page cache), if known."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -89,6 +127,13 @@ def _available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations: the node's, or less where a cgroup (a pod's `memory.max`)
+    limits this process; None if unknown."""
+    known = [b for b in (_node_available(), _cgroup_free()) if b is not None]
+    return min(known) if known else None
 
 
 # A cache may take at most this share of the memory free when the stream is built (the GPU's for "device", RAM's

@@ -23,6 +23,7 @@ from flowergan.data.loader.cached import CachedBatches, check_memory, resolve_ca
 from flowergan.data.loader.plan import Plan
 from flowergan.data.loader.protocol import Batch
 from flowergan.data.loader.streamed import ShardBatches
+from flowergan.devices import normalize
 from flowergan.errors import UserError
 
 
@@ -77,7 +78,7 @@ def build_stream(cfg, *, batch_size: int, resolution: int, rank: int = 0, world_
     counts = tuple(int(s["samples"]) for s in manifest["shards"])
     workers = int(cfg.workers)
     plan = Plan(urls, counts, batch_size, rank, world_size, max(1, workers), seed, int(cfg.shuffle_buffer))
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = normalize(device if device is not None else "cpu")  # "cuda" is cuda:N, as the cached set says
     hflip, jitter, ext = float(cfg.hflip), float(cfg.color_jitter), manifest["image_format"]
     cache = resolve_cache(cfg.cache, plan.num_samples, resolution, device)
     if cache == "none":
