@@ -34,7 +34,7 @@ def _n_blocks(resolution: int) -> int:
     return n
 
 
-UPSAMPLE = ("deconv", "resize-conv")
+UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last")
 
 
 def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
@@ -72,8 +72,12 @@ class Generator(nn.Module):
             nn.ReLU(True),
         ]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
-            layers += [_up(c_in, c_out, kernel, upsample), nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        layers += [_up(ch[-1], nc, kernel, upsample), nn.Tanh()]
+            inner = "deconv" if upsample == "resize-conv-last" else upsample
+            layers += [_up(c_in, c_out, kernel, inner), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        # resize-conv-last: Radford's deconvs inside, resize-conv only for the RGB layer, whose uneven overlap is the
+        # one that lands on output pixels as a period-2 checkerboard.
+        last = "resize-conv" if upsample == "resize-conv-last" else upsample
+        layers += [_up(ch[-1], nc, kernel, last), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
 

@@ -22,6 +22,7 @@ OPTIONS = [
     {"d_mbstd": 4},
     {"g_upsample": "resize-conv"},
     {"g_upsample": "resize-conv", "kernel": 5},
+    {"g_upsample": "resize-conv-last"},
     {"kernel": 5, "d_dropout": 0.1, "d_input_dropout": 0.5, "d_head": "dense", "spectral_norm": True},
 ]
 
@@ -262,3 +263,6 @@ def test_g_upsample_builds_the_layers_it_names() -> None:
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in G0.modules()) == 5  # Radford's default unchanged
     with pytest.raises(ValueError, match="upsample"):
         _up(4, 4, 4, "bilinear")
+    mixed, _ = build_models(_cfg(64, g_upsample="resize-conv-last"))
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in mixed.modules()) == 4  # the seed and three doublings
+    assert isinstance(mixed.main[-2][0], nn.Upsample)  # only the RGB layer resizes
