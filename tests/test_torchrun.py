@@ -18,7 +18,7 @@ import torch
 from _procs import descendants
 from safetensors.torch import load_file
 
-from flowergan.train import checkpoint as ckpt_io
+from flowergan.artifacts import checkpoint as ckpt_io
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]

@@ -125,9 +125,9 @@ def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps:
     m = min(ev.opts.n, 500)
     pics["latent_pca.png"] = L.latent_pca_png(ev.z[:m].numpy(), ev.fake_images[:m], max_thumbs=thumbs)
     if ev.real is not None:
-        from flowergan.train.checkpoint import load_discriminator
+        from flowergan.artifacts.checkpoint import read_discriminator
 
-        D, _ = load_discriminator(ev.require_ckpt(), device=ev.device)
+        D, _ = read_discriminator(ev.require_checkpoint("the D-feature PCA (with --data)"), device=ev.device)
         real_x = ev.real_images[0] if ev.computed("real_images") else _first_real(ev, m)
         pics["d_features_pca.png"] = L.d_features_pca_png(FT.d_features(D, real_x[:m], device=ev.device),
                                                           FT.d_features(D, ev.fake_images[:m], device=ev.device))
@@ -231,7 +231,8 @@ def report_metrics(features: str) -> list[str]:
 
 def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
     """Compute everything and write one self-contained HTML page."""
-    from flowergan.train.checkpoint import has_ema, load_generator
+    from flowergan.artifacts import open_generator
+    from flowergan.artifacts.checkpoint import has_ema
     from flowergan_eval import report as R
 
     if not opts.data:
@@ -239,6 +240,7 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
     sections: dict[str, Any] = {}
     with progress(opts.progress) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
+        ev.require_checkpoint("the report (D's features, the other G, the run's curves)")  # before any work
         metrics = ev.metrics(report_metrics(opts.features))
         div = ev.diversity(n_pairs=500)
         metrics.update(div["metrics"])
@@ -246,10 +248,10 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         # Grids: the evaluated G and the other one of the checkpoint (EMA / raw) on the same z, next to real images.
         grid_n = min(64, opts.n)
         grids = {"G_ema" if ev.generator_name == "G_ema" else "G (raw)": L.grid_png(ev.fake_images[:grid_n], nrow=8)}
-        ckpt_dir = ev.require_ckpt()
+        ckpt_dir = ev.require_checkpoint("the report (D's features, the other G, the run's curves)")
         if has_ema(ckpt_dir):
             other_is_ema = ev.generator_name != "G_ema"
-            other, _ = load_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
+            other = open_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
             images = torch.cat([x.cpu() for x in FT.generate(other, ev.z[:grid_n], batch=opts.batch,
                                                              device=ev.device)])
             grids["G_ema" if other_is_ema else "G (raw)"] = L.grid_png(images, nrow=8)

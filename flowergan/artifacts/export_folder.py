@@ -1,36 +1,32 @@
-"""Write an export folder from a checkpoint (atomically) and load its G back."""
+"""The export folder's format (what `flowergan export` writes) and reading it back.
+
+  model.safetensors  G's state dict with plain keys (G_ema's weights unless --raw)
+  config.json        the whole [model] section, z and output conventions, provenance, and the sha256 of the
+                     weight and graph files (`"sha256"`; folders exported before it have none)
+  README.md          a model card whose YAML front matter the Hugging Face Hub reads (not hashed: people edit it)
+  generator.pt2      on request: torch.export program, dynamic batch
+  generator.onnx     on request: ONNX, dynamic batch
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import flowergan
-from flowergan.config import ConfigError, from_dict
+from flowergan.artifacts.checkpoint import sha256_of
+from flowergan.config import Config, ConfigError, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Generator, build_models
-from flowergan.outputs import check_free, publish, remove, temporary_beside
 
 FORMATS = ("safetensors", "pt2", "onnx")
 KIND, KIND_VERSION = "flowergan-generator", 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 FILES = {"safetensors": WEIGHTS, "pt2": "generator.pt2", "onnx": "generator.onnx"}
-
-
-def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
-    """'safetensors,onnx' -> ('safetensors', 'onnx'); safetensors is always written; unknown names are an error."""
-    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
-    unknown = [f for f in names if f not in FORMATS]
-    if unknown:
-        raise UserError(f"--format: {', '.join(map(repr, unknown))} not allowed; choose from {', '.join(FORMATS)} "
-                        "(comma-separated)")
-    return tuple(f for f in FORMATS if f == "safetensors" or f in names)
 
 
 def generator_config(model: dict[str, Any], *, weights: str, source: dict[str, Any],
@@ -67,19 +63,60 @@ def is_export(path: Path) -> bool:
         return False
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of an export folder."""
+    try:
+        meta = json.loads((folder / CONFIG).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        return meta
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder / CONFIG}: not a flowergan export config ({type(e).__name__}: {e})") from None
+
+
+def model_config(folder: Path, meta: dict[str, Any]) -> Config:
+    """The export's [model] section over the defaults of every other section."""
+    try:
+        return from_dict({"model": meta["model"]}, source=str(folder / CONFIG))
+    except (KeyError, TypeError, ConfigError) as e:
+        detail = e if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        raise UserError(f"{folder / CONFIG}: not a flowergan export config ({detail})") from None
+
+
 def exported_weights(folder: Path) -> str:
     """Which network an export folder holds: "G_ema" or "G"."""
     return str(json.loads((folder / CONFIG).read_text()).get("weights", "G_ema"))
 
 
+def damage(folder: Path) -> str | None:
+    """What is wrong with an export folder's files (missing, or not matching config.json's sha256), or None."""
+    try:
+        meta = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        return f"{CONFIG} is unreadable ({type(e).__name__})"
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        return f"{CONFIG} is not a flowergan export config"
+    record = meta.get("sha256") or {}
+    for name in {WEIGHTS, *record}:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+        if name in record and sha256_of(folder / name) != record[name]:
+            return f"{name} does not match its sha256 (truncated or altered)"
+    return None
+
+
 def load_export(folder: Path, *, device: str | torch.device = "cpu") -> Generator:
-    """G of an export folder in eval mode, rebuilt from config.json's model section."""
+    """G of an export folder in eval mode, rebuilt from config.json's model section (the weights checked against
+    their recorded sha256 first)."""
     try:
         meta = json.loads((folder / CONFIG).read_text())
         cfg = from_dict({"model": meta["model"]}, source=str(folder / CONFIG))
     except (OSError, ValueError, KeyError, TypeError) as e:
         detail = e if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
         raise UserError(f"{folder / CONFIG}: not a flowergan export config ({detail})") from None
+    problem = damage(folder)
+    if problem is not None and problem.endswith("(truncated or altered)"):
+        raise UserError(f"export folder {folder} is damaged: {problem}")
     G, _ = build_models(cfg.model)
     try:
         G.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
@@ -87,47 +124,3 @@ def load_export(folder: Path, *, device: str | torch.device = "cpu") -> Generato
         raise UserError(f"{folder / WEIGHTS}: does not fit the model in {CONFIG} ({str(e).splitlines()[0]})"
                         ) from None
     return G.to(device).eval()
-
-
-def _source(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
-    return {"checkpoint": str(ckpt), "step": state.get("step"), "images_seen": state.get("images_seen"),
-            "saved_at": state.get("saved_at"), "trained_with": state.get("version")}
-
-
-def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = ("safetensors",), ema: bool = True,
-           force: bool = False) -> Path:
-    """Write the export folder `out` for G_ema (or G with ema=False) of a checkpoint or run dir; returns `out`."""
-    from flowergan.export.card import model_card
-    from flowergan.train.checkpoint import WEIGHTS as CKPT_WEIGHTS
-    from flowergan.train.checkpoint import checkpoint_config, load_generator, read_state, resolve_checkpoint
-
-    wanted, out = parse_formats(formats), Path(out)
-    ckpt = resolve_checkpoint(src)
-    check_free(out, force)
-    cfg, state = checkpoint_config(ckpt), read_state(ckpt)
-    with safe_open(str(ckpt / CKPT_WEIGHTS), "pt") as f:
-        weights = "G_ema" if ema and any(k.startswith("G_ema.") for k in f.keys()) else "G"
-    G, _ = load_generator(ckpt, ema=weights == "G_ema")
-    if cfg.model.g_sample_bn == "batch":
-        from flowergan.generation import recompute_bn_stats
-
-        recompute_bn_stats(G)  # samples as training drew them; the export then needs no special sampling mode
-    meta = generator_config(cfg.to_dict()["model"], weights=weights, source=_source(ckpt, state), formats=wanted)
-    tmp = temporary_beside(out, directory=True)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in G.state_dict().items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt", "kind": KIND})
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
-        (tmp / CARD).write_text(model_card(meta, state, cfg))
-        if "pt2" in wanted or "onnx" in wanted:
-            from flowergan.export import graphs
-
-            if "pt2" in wanted:
-                graphs.write_pt2(G, tmp / FILES["pt2"])
-            if "onnx" in wanted:
-                graphs.write_onnx(G, tmp / FILES["onnx"])
-        publish(tmp, out)
-    except BaseException:
-        remove(tmp)
-        raise
-    return out

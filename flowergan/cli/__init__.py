@@ -1,4 +1,4 @@
-"""The `flowergan` command: train, sample, export, and the `data` group. User errors print one line and exit 2."""
+"""The `flowergan` command: train, sample, export, verify, the `data` group. User errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _root(version: bool = version_option("flowergan", __version__)) -> None:
 
 def _register() -> None:
     # Each sub-module adds its own commands; imported here so `flowergan --help` lists them all.
-    from flowergan.cli import data, export, sample, train, tune  # noqa: F401
+    from flowergan.cli import data, export, sample, train, tune, verify  # noqa: F401
 
 
 def main() -> None:

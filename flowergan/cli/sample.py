@@ -45,15 +45,16 @@ def sample(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Generate flowers: a grid PNG, individual PNG files, or one npz of uint8, streamed to disk in batches."""
+    from flowergan.artifacts import open_generator
     from flowergan.devices import pick_device
-    from flowergan.generation import iter_samples, load_generator
+    from flowergan.generation import iter_samples
 
     out = out or DEFAULT_OUT[fmt]
     if fmt == "grid" and n > GRID_MAX:
         raise UserError(f"--n {n}: a grid holds at most {GRID_MAX} images; use --format png or npz for more")
     check_free(out, force)
     dev = pick_device(device)
-    G = load_generator(ckpt, ema=not raw, device=dev)
+    G = open_generator(ckpt, ema=not raw, device=dev)
     tmp = temporary_beside(out, directory=fmt == "png")
     try:
         batches = _with_progress(iter_samples(G, n, seed=seed, batch=batch, device=dev), n, progress)

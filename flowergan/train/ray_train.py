@@ -27,10 +27,10 @@ import ray.train
 import torch
 from torch import nn
 
+from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train import distributed as dist
+from flowergan.train.checkpoints import CheckpointManager
 from flowergan.train.consistency import check_ranks_agree, params_digest
 from flowergan.train.faults import maybe_inject_fault
 
@@ -295,7 +295,8 @@ def _train_worker(config: dict[str, Any]) -> None:
 
     with contextlib.ExitStack() as stack:
         restored = ray.train.get_checkpoint()
-        start = dist.resume_point(restored.path if restored is not None else None, Path(cfg.log.run_dir), device)
+        manager = CheckpointManager(Path(cfg.log.run_dir) / "checkpoints")
+        start = manager.resume_point(device, restored=restored.path if restored is not None else None)
         resume_from = None
         if start is not None:
             in_ray = restored is not None and start == restored.path

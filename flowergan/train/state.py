@@ -20,7 +20,6 @@ from flowergan.models import build_models
 from flowergan.train import rng
 from flowergan.train.step import Precision, resolve_amp
 
-NETS = ("G", "D", "G_ema")
 OPTIMIZERS = ("opt_g", "opt_d")
 
 
