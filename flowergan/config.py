@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowergan.catalogue import METRICS
 from flowergan.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -132,7 +133,7 @@ class LogConfig:
     progress: bool = _f(True, "show a progress bar")
 
 
-EVAL_METRICS = ("fid", "kid", "is", "prdc", "synth_fd", "effnet_fd", "modes", "modes_kl")
+EVAL_METRICS = tuple(METRICS)  # flowergan/catalogue.py: every metric the eval package computes
 
 
 @dataclass

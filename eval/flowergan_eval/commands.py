@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from flowergan import catalogue
 from flowergan.errors import UserError
 from flowergan.outputs import write_atomic
 from flowergan_eval import features as FT
@@ -37,29 +38,7 @@ def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
             "extractor_of": dict(ev.extractor_of)}
 
 
-NOTES = {
-    "prdc/precision": "share of generated samples inside the real manifold (fidelity)",
-    "prdc/recall": "share of real samples inside the generated manifold (diversity)",
-    "prdc/density": "how many real k-NN balls hold a generated sample, / k (about 1 when distributions match)",
-    "prdc/coverage": "share of real samples with a generated sample in their k-NN ball (mode coverage)",
-    "kid/std": "std of KID over the random subsets",
-    "kid/subset_size": "images per KID subset (capped at N)",
-    "is/std": "std of IS over the 10 splits",
-    "ms_ssim/generated": "mean MS-SSIM of random generated pairs; well above the real figure = look-alike samples",
-    "ms_ssim/real": "the same for real images: the diversity to aim for",
-    "ndb/ndb": "k-means bins whose generated share differs from the real share (alpha 0.05)",
-    "ndb/ndb_over_k": "the same as a share of the bins; 0 is ideal",
-    "ndb/js": "JS divergence (bits) of the bin histograms; 0 = same",
-    "near_dup/rate": "samples with a generated neighbour closer than real images' 1st-percentile NN distance",
-    "memorisation/nn_ratio": "median NN distance to training images / real images' own; << 1 = copying",
-    "memorisation/nn_dist_median": "median Inception distance of a sample to its nearest training image",
-    "modes/covered": "modes with enough samples, read by the SynthFlowers oracle",
-    "modes/of": "modes of the data set",
-    "modes/kl_uniform": "KL(generated mode distribution || uniform) in nats; 0 = all modes equally often",
-    "modes_kl/covered": "modes with enough samples, read by the SynthFlowers oracle",
-    "modes_kl/of": "modes of the data set",
-    **{base: m.doc for base, m in M.REGISTRY.items()},
-}
+NOTES = catalogue.notes()  # what each number means, from the metric catalogue
 
 
 def notes_for(names) -> dict[str, str]:
