@@ -193,7 +193,7 @@ class Config:
         return "\n".join(lines)
 
 
-LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # log.backends (flowergan/train/trackers.py)
+LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # log.backends (flowergan/train/observe/trackers.py)
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _SECTION_TYPES = {name: type(section) for name, section in vars(Config()).items()}
 

@@ -29,7 +29,7 @@ from _procs import descendants
 from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.artifacts.checkpoint import step_of
 from flowergan.errors import UserError
-from flowergan.train.ray_train import stored_checkpoints
+from flowergan.train.launch.ray_train import stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]

@@ -109,7 +109,7 @@ def _checkpoint(run_dir: Path, step: int) -> Path:
 
 
 def _resume_point(restored: str | None, run_dir: Path, device: torch.device) -> str | None:
-    from flowergan.train.checkpoints import CheckpointManager
+    from flowergan.train.state.checkpoints import CheckpointManager
 
     return CheckpointManager(run_dir / "checkpoints").resume_point(device, restored=restored)
 
@@ -187,7 +187,7 @@ def test_a_newer_checkpoint_some_rank_cannot_see_is_not_used(tmp_path: Path) -> 
 
     with process_group("gloo"), pytest.MonkeyPatch.context() as mp:
         mp.setattr(Path, "is_dir", hidden)
-        mp.setattr("flowergan.train.checkpoints.CheckpointManager.newest_intact", lambda self: (newest, None))
+        mp.setattr("flowergan.train.state.checkpoints.CheckpointManager.newest_intact", lambda self: (newest, None))
         assert _resume_point("/ray/t/step-00000005", tmp_path, device) == "/ray/t/step-00000005"
         with pytest.raises(UserError, match="not visible on every worker"):
             _resume_point(None, tmp_path, device)

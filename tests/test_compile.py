@@ -18,7 +18,7 @@ from _core import TensorStream, tiny_config
 from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.artifacts.checkpoint import read_generator
 from flowergan.config import ConfigError, TrainConfig, load_config
-from flowergan.train.compiling import compile_mode, compile_nets
+from flowergan.train.gan.compiling import compile_mode, compile_nets
 from flowergan.train.loop import train
 
 # The recipe every job file ships: R1 on reals, DiffAugment, EMA of G (a bare step hid issue 25's first fault).

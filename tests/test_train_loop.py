@@ -203,7 +203,7 @@ def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
 
 def test_training_never_imports_the_eval_package():
     """The import graph reads top to bottom: evaluation is handed to the loop, which never imports it."""
-    code = ("import sys, flowergan.train.loop, flowergan.train.step, flowergan.data.loader.stream; "
+    code = ("import sys, flowergan.train.loop, flowergan.train.gan.step, flowergan.data.loader.stream; "
             "print(sorted(m for m in sys.modules if m.startswith('flowergan_eval')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -11,11 +11,11 @@ import torch
 from _core import TensorStream, tiny_config
 
 from flowergan.artifacts import checkpoint as ckpt_io
-from flowergan.train import rng
-from flowergan.train.checkpoints import load_state
 from flowergan.train.loop import train
 from flowergan.train.schedule import Schedule
-from flowergan.train.state import new_state
+from flowergan.train.state import rng
+from flowergan.train.state.checkpoints import load_state
+from flowergan.train.state.train_state import new_state
 
 
 def _draws() -> tuple:

@@ -15,12 +15,12 @@ import torch
 from flowergan import catalogue
 from flowergan.errors import UserError
 from flowergan.outputs import write_atomic
+from flowergan.progress import progress_bar
 from flowergan_eval import features as FT
 from flowergan_eval import latent as L
 from flowergan_eval import metrics as M
 from flowergan_eval import oracle as O
 from flowergan_eval.api import Evaluation, Options
-from flowergan_eval.ui import progress
 
 
 def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
         raise UserError(f"{base} compares with real images: pass --data SHARDS")
     if (opts.features or metric.features) == "synth" and not opts.data:
         raise UserError(f"{base} with SynthNet features: pass --data SYNTH_SHARDS (SynthNet is trained on them)")
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         values = ev.metrics([base])
         prov = ev.provenance(with_reference=metric.needs_real)
@@ -55,7 +55,7 @@ def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]
     """The mode-collapse measures."""
     if not opts.data:
         raise UserError("diversity compares with real images: pass --data SHARDS")
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         out = ev.diversity(n_pairs=pairs)
         prov = ev.provenance()
@@ -77,7 +77,7 @@ def mode_counts(ev: Evaluation, oracle_dir: str | None, min_count: int) -> dict[
 
 def run_modes(ckpt: str, opts: Options, oracle_dir: str | None = None, min_count: int = 0) -> dict[str, Any]:
     """Modes covered and KL to uniform (the registry's `modes`), for a G trained on SynthFlowers."""
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         metrics = ev.metrics(["modes"], oracle_dir=oracle_dir, min_count=min_count)
         s = mode_counts(ev, oracle_dir, min_count)
@@ -128,7 +128,7 @@ def _first_real(ev: Evaluation, m: int) -> torch.Tensor:
 
 def run_latent(ckpt: str, opts: Options, out: Path, gif: bool = False) -> dict[str, Any]:
     """Write the latent pictures into `out`."""
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         pics = latent_pictures(ev, with_gif=gif)
     for name, data in pics.items():
@@ -145,7 +145,7 @@ def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
     """Compute (or find) the cached reference statistics of --data."""
     from flowergan_eval import stats as S
 
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(None, opts, bar=bar)
         real = ev.require_real()
         ref = S.reference(real, ev.extractor, n=opts.ref_n, batch=opts.batch, progress=bar, recompute=recompute)
@@ -172,7 +172,7 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
     real = open_real(data)
     weights: dict[str, dict[str, torch.Tensor]] = {}
     infos: dict[str, dict[str, Any]] = {}
-    with progress(show_progress) as bar:
+    with progress_bar(show_progress, stderr=True) as bar:
         model, info = O.train(real, epochs=epochs, seed=seed, progress=bar)
         weights["oracle.safetensors"] = {k: v.contiguous() for k, v in model.state_dict().items()}
         infos["oracle.json"] = info
@@ -217,7 +217,7 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
     if not opts.data:
         raise UserError("report compares with real images: pass --data SHARDS")
     sections: dict[str, Any] = {}
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         ev.require_checkpoint("the report (D's features, the other G, the run's curves)")  # before any work
         metrics = ev.metrics(report_metrics(opts.features))

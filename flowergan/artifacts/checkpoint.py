@@ -10,7 +10,7 @@ A checkpoint is a directory `step-00001000/` holding
 It is written to a temporary directory and renamed into place, so a crash never leaves half of one; what happens
 to it afterwards (a truncated copy, a flipped bit, a lost file) shows as a mismatch with SHA256SUMS, and every
 load checks it first. Checkpoints written before SHA256SUMS existed (state.json without "checksums") still load,
-unverified. Training's `CheckpointManager` (flowergan/train/checkpoints.py) decides when to write, keep,
+unverified. Training's `CheckpointManager` (flowergan/train/state/checkpoints.py) decides when to write, keep,
 roll back and resume; this module knows only the files.
 """
 

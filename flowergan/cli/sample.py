@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 import typer
 
-from flowergan.cli import app
+from flowergan.cli.app import app
 from flowergan.errors import UserError
 from flowergan.outputs import check_free, publish, remove, temporary_beside
 
@@ -67,11 +67,9 @@ def sample(
 
 
 def _with_progress(batches: Batches, n: int, enabled: bool) -> Batches:
-    from rich.console import Console
-
     from flowergan.progress import progress_bar
 
-    with progress_bar(enabled, console=Console(stderr=True)) as bar:
+    with progress_bar(enabled, stderr=True) as bar:
         task = bar.add_task("sample", total=n)
         for images in batches:
             yield images

@@ -22,20 +22,20 @@ from flowergan.data.loader.protocol import BatchStream
 from flowergan.devices import normalize, pick_device
 from flowergan.errors import UserError
 from flowergan.generation import for_sampling, recompute_bn_stats
+from flowergan.progress import TrainProgress
 from flowergan.train import distributed as dist
-from flowergan.train import rng
-from flowergan.train.checkpoints import CheckpointManager, OnCheckpoint
-from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
-from flowergan.train.logging import NullLogger
-from flowergan.train.meters import LOGGED, Meters
-from flowergan.train.report import TrainProgress
-from flowergan.train.samples import SampleWriter
+from flowergan.train.gan.compiling import compile_nets, cudnn_autotune, pick_memory_format
+from flowergan.train.gan.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
+from flowergan.train.observe.logs import NullLogger
+from flowergan.train.observe.meters import LOGGED, Meters
+from flowergan.train.observe.samples import SampleWriter
+from flowergan.train.observe.trackers import open_run_logger
 from flowergan.train.schedule import Schedule
-from flowergan.train.state import TrainState, new_state
-from flowergan.train.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
-from flowergan.train.trackers import open_run_logger
+from flowergan.train.state import rng
+from flowergan.train.state.checkpoints import CheckpointManager, OnCheckpoint
+from flowergan.train.state.train_state import TrainState, new_state
 
 __all__ = ["LOGGED", "OnCheckpoint", "total_steps", "train"]
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -143,7 +143,7 @@ class _Step:
     total: int  # the run's last step, where `optim.lr_decay_steps` ends
 
     def __post_init__(self) -> None:
-        from flowergan.train.augment import make_augment
+        from flowergan.train.gan.augment import make_augment
 
         tc = self.cfg.train
         self.targets = Targets(tc.real_label, tc.fake_label, tc.g_target)

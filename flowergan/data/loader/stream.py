@@ -22,7 +22,7 @@ from flowergan.data.format import MAKE_HINT, read_manifest, shard_url
 from flowergan.data.loader.cached import CachedBatches, check_memory, resolve_cache
 from flowergan.data.loader.plan import Plan
 from flowergan.data.loader.protocol import Batch
-from flowergan.data.loader.streamed import ShardBatches
+from flowergan.data.loader.uncached import ShardBatches
 from flowergan.devices import normalize
 from flowergan.errors import UserError
 

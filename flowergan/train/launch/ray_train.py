@@ -30,9 +30,9 @@ from torch import nn
 from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
-from flowergan.train.checkpoints import CheckpointManager
-from flowergan.train.consistency import check_ranks_agree, params_digest
 from flowergan.train.faults import maybe_inject_fault
+from flowergan.train.launch.consistency import check_ranks_agree, params_digest
+from flowergan.train.state.checkpoints import CheckpointManager
 
 try:  # Train V2 names (Ray >= 2.43, on by default since 2.60); V1 (RAY_TRAIN_V2_ENABLED=0) lacks them
     from ray.train import (

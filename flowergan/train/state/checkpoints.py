@@ -23,8 +23,8 @@ from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.config import Config
 from flowergan.errors import UserError
 from flowergan.train import distributed as dist
-from flowergan.train import rng
-from flowergan.train.state import TrainState
+from flowergan.train.state import rng
+from flowergan.train.state.train_state import TrainState
 
 # (step, the directory rank 0 wrote or None on other ranks, the metrics saved with it, the plain nets by name)
 OnCheckpoint = Callable[[int, "Path | None", dict[str, float], dict[str, nn.Module]], None]

@@ -17,8 +17,8 @@ from torch import nn
 
 from flowergan.config import Config
 from flowergan.models import build_models
-from flowergan.train import rng
-from flowergan.train.step import Precision, resolve_amp
+from flowergan.train.gan.step import Precision, resolve_amp
+from flowergan.train.state import rng
 
 OPTIMIZERS = ("opt_g", "opt_d")
 
