@@ -146,7 +146,7 @@ class _Step:
         from flowergan.train.gan.augment import make_augment
 
         tc = self.cfg.train
-        self.targets = Targets(tc.real_label, tc.fake_label, tc.g_target)
+        self.targets = Targets.of(tc)
         self.augment: Callable[[torch.Tensor], torch.Tensor] | None = \
             make_augment(tc.diffaugment) if tc.diffaugment else None
 
