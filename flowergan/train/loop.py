@@ -1,10 +1,10 @@
 """The training loop: the same code as a plain process (CPU or one GPU) and as a DDP worker (torchrun, Ray Train).
 
-It knows nothing of Ray or of launchers: `ray_train.py` and the CLI call `train()` in every rank, with an
+It knows nothing of Ray or of launchers: `launch/ray_train.py` and the CLI call `train()` in every rank, with an
 `on_checkpoint` callback. Host syncs happen only at log, sample, checkpoint and evaluation intervals.
-The pieces: `state.TrainState` (what a checkpoint holds), `checkpoints.CheckpointManager` (save, keep, roll back,
-resume), `meters.Meters` (device-side running means), `schedule.Schedule` (what is due after a step),
-`samples.SampleWriter`.
+The pieces: `gan/step.gan_step` (one step), `state/train_state.TrainState` (what a checkpoint holds),
+`state/checkpoints.CheckpointManager` (save, keep, roll back, resume, load), `observe/meters.Meters` (device-side
+running means), `schedule.Schedule` (what is due after a step), `observe/samples.SampleWriter`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     if resume_from is not None:
         ckpts.load(Path(resume_from), cfg, state)
     stream = stream or _build_stream(cfg, rank, world, device)
-    ckpts.num_samples = stream.num_samples
     steps = total_steps(cfg, stream.num_samples)
     schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
 
@@ -81,7 +80,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         (run_dir / "config.toml").write_text(cfg.to_toml())
     z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed))
     samples = SampleWriter(run_dir, log, z_fixed.to(device), cfg.model.g_sample_bn, enabled=rank == 0)
-    ckpts.attach(state)
+    ckpts.attach(state, stream.num_samples)
     meters = Meters(device, state.images_seen)
     progress = TrainProgress(steps, state.step, enabled=cfg.log.progress and rank == 0)
     batches = iter(stream.iter_from(state.step * tc.d_steps))

@@ -141,7 +141,10 @@ def _launch_plan(cfg: Config, resume: bool) -> str:
     where = f"{cfg.cluster.storage_path.rstrip('/')}/{cfg.cluster.name}"
     in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
     newest = in_storage[-1] if in_storage else None
-    local = ckpt_io.list_checkpoints(Path(cfg.log.run_dir) / "checkpoints") if not _is_uri(cfg.log.run_dir) else []
+    # The run dir's newest intact checkpoint, as the workers' resume point will take it (a damaged one is skipped).
+    intact = None if _is_uri(cfg.log.run_dir) else \
+        CheckpointManager(Path(cfg.log.run_dir) / "checkpoints").newest_intact()[0]
+    local = [intact] if intact is not None else []
     if not local or ckpt_io.step_of(local[-1]) <= ckpt_io.step_of(newest):
         if newest:
             return f"Resuming from {newest} in {where} (Ray storage)"

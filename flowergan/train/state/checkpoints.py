@@ -34,9 +34,9 @@ class CheckpointManager:
     """Checkpoints of one run (`root` = RUN_DIR/checkpoints) for this rank; `attach` a state before `save` or
     `roll_back`."""
 
-    def __init__(self, root: Path, *, keep: int = 1, meta: dict[str, Any] | None = None, num_samples: int = 0,
-                 retries: int = 0, seed: int = 0, on_checkpoint: OnCheckpoint | None = None):
-        self.root, self.keep, self.meta, self.num_samples = root, keep, meta or {}, num_samples
+    def __init__(self, root: Path, *, keep: int = 1, meta: dict[str, Any] | None = None, retries: int = 0,
+                 seed: int = 0, on_checkpoint: OnCheckpoint | None = None):
+        self.root, self.keep, self.meta, self.num_samples = root, keep, meta or {}, 0
         self.max_retries, self.seed, self.on_checkpoint = retries, seed, on_checkpoint
         self.rank, self.world = dist.rank(), dist.world_size()
         self.writer = self.rank == 0
@@ -101,9 +101,10 @@ class CheckpointManager:
                 print(f"note: {note}", flush=True)
 
     # ------------------------------------------------------------------ save and roll back
-    def attach(self, state: TrainState) -> None:
-        """The state to save and roll back; its current value is the first good one."""
-        self.state = state
+    def attach(self, state: TrainState, num_samples: int) -> None:
+        """The state to save and roll back (its current value is the first good one); `num_samples`: the data set's
+        size, for the epoch a checkpoint records."""
+        self.state, self.num_samples = state, num_samples
         self.good = state.snapshot()
         self.retries = 0
 
