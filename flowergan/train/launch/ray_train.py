@@ -137,7 +137,8 @@ def _other_run(ckpt: Path, cfg: Config) -> str | None:
 
 def _launch_plan(cfg: Config, resume: bool) -> str:
     """Where the workers will start, as one line for the log: the newer of Ray storage's newest checkpoint and the
-    run dir's (what `resume_point` picks in the workers). Another run's checkpoints need --resume."""
+    run dir's newest intact one (what `CheckpointManager.resume_point` picks in the workers). Another run's
+    checkpoints need --resume."""
     where = f"{cfg.cluster.storage_path.rstrip('/')}/{cfg.cluster.name}"
     in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
     newest = in_storage[-1] if in_storage else None
