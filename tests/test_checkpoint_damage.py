@@ -113,7 +113,9 @@ def test_damage_is_found_and_loading_refuses_it(ckpt14: Path, tmp_path: Path, ki
             open_generator(ckpt)
 
 
-@pytest.mark.parametrize("kind", ["bit-flipped weights", "truncated weights", "missing state", "extra file"])
+@pytest.mark.parametrize("kind", ["bit-flipped weights", "missing state",
+                                  pytest.param("truncated weights", marks=pytest.mark.slow),
+                                  pytest.param("extra file", marks=pytest.mark.slow)])
 def test_resume_skips_a_damaged_newest_checkpoint_bit_exactly(straight: Path, ckpt14: Path, tmp_path: Path,
                                                               capsys, kind: str) -> None:
     """14 steps, the newest checkpoint damaged, --resume to 20: one line names the skipped one and why, and the run
