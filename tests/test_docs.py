@@ -40,7 +40,7 @@ def test_relative_links_resolve(page: Path):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_source_path_a_page_names_exists(page: Path):
-    """Moved modules leave no stale path behind in the docs (`flowergan/train/gan/step.py`, `eval/flowergan_eval/...`)."""
+    """Moved modules leave no stale path behind in the docs (`flowergan/train/gan/step.py`, say)."""
     named = set(re.findall(r"(?<![\w/])((?:flowergan|eval/flowergan_eval|benchmarks|tests)/[\w/]*\w\.py)\b",
                            page.read_text()))
     missing = sorted(p for p in named if not (ROOT / p).is_file())
