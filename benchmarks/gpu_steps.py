@@ -31,9 +31,9 @@ from torch import nn
 from flowergan.config import DataConfig, ModelConfig, TrainConfig
 from flowergan.data.loader.protocol import BatchStream
 from flowergan.models import build_models
-from flowergan.train.augment import make_augment
-from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
-from flowergan.train.step import Precision, Targets, ema_update, gan_step, r1_weight, resolve_amp
+from flowergan.train.gan.augment import make_augment
+from flowergan.train.gan.compiling import compile_nets, cudnn_autotune, pick_memory_format
+from flowergan.train.gan.step import Precision, Targets, ema_update, gan_step, r1_weight, resolve_amp
 
 Step = Callable[[], None]
 

@@ -44,9 +44,10 @@ from typing import Any
 import torch
 
 from flowergan import visuals
+from flowergan.artifacts.checkpoint import list_checkpoints, step_dir_name, step_of
+from flowergan.artifacts.checkpoint import read_generator as load_generator
 from flowergan.config import Config, ConfigError, load_config
 from flowergan.generation import for_sampling, iter_samples
-from flowergan.train.checkpoint import list_checkpoints, load_generator, step_dir_name, step_of
 from flowergan.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -54,7 +54,7 @@ def main() -> None:
     import ray
 
     from flowergan.config import load_config
-    from flowergan.train.ray_train import run_ray
+    from flowergan.train.launch.ray_train import run_ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     speeds: dict[int, list[float]] = {1: [], 2: []}

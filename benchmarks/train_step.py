@@ -28,8 +28,8 @@ from torch import nn
 from flowergan.config import ModelConfig
 from flowergan.devices import normalize
 from flowergan.models import build_models
-from flowergan.train.augment import make_augment
-from flowergan.train.step import Precision, Targets, ema_update, gan_step, resolve_amp
+from flowergan.train.gan.augment import make_augment
+from flowergan.train.gan.step import Precision, Targets, ema_update, gan_step, resolve_amp
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reference: the PyTorch DCGAN tutorial's networks and loop, fp32 throughout.

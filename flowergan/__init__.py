@@ -12,13 +12,18 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "generate", "load_generator"]
 
 if TYPE_CHECKING:
-    from flowergan.generation import generate, load_generator
+    from flowergan.artifacts import open_generator as load_generator
+    from flowergan.generation import generate
 
 
 def __getattr__(name: str) -> Any:
     # PEP 562: torch is imported when the API is first used, not by `import flowergan` (the CLI's --version).
-    if name in ("generate", "load_generator"):
-        from flowergan import generation
+    if name == "generate":
+        from flowergan.generation import generate
 
-        return getattr(generation, name)
+        return generate
+    if name == "load_generator":  # the API's name for flowergan.artifacts.open_generator
+        from flowergan.artifacts import open_generator
+
+        return open_generator
     raise AttributeError(f"module 'flowergan' has no attribute {name!r}")

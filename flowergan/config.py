@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowergan.catalogue import METRICS
 from flowergan.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -133,7 +134,7 @@ class LogConfig:
     progress: bool = _f(True, "show a progress bar")
 
 
-EVAL_METRICS = ("fid", "kid", "is", "prdc", "synth_fd", "effnet_fd", "modes", "modes_kl")
+EVAL_METRICS = tuple(METRICS)  # flowergan/catalogue.py: every metric the eval package computes
 
 
 @dataclass
@@ -193,7 +194,7 @@ class Config:
         return "\n".join(lines)
 
 
-LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # log.backends (flowergan/train/trackers.py)
+LOG_BACKENDS = ("tensorboard", "mlflow", "wandb")  # log.backends (flowergan/train/observe/trackers.py)
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _SECTION_TYPES = {name: type(section) for name, section in vars(Config()).items()}
 

@@ -1,4 +1,5 @@
-"""Samples of a trained G for users: `load_generator` (an export folder, a checkpoint or a run dir) and `generate`.
+"""Samples of a trained G: `generate` and `iter_samples`, and G's BatchNorm statistics for sampling (no file I/O:
+`flowergan.artifacts.open_generator` opens a G from disk).
 
 Sample i depends only on (seed, i) and G, never on the batch size or on n: z is drawn on the CPU from one
 generator in blocks of BLOCK rows, and G always runs on exactly one such block in eval mode. Both matter: in
@@ -9,7 +10,6 @@ pixel now and then over thousands of images; a fixed forward shape makes the res
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -142,21 +142,3 @@ def generate(G: nn.Module, n: int, *, seed: int = 0, batch: int = BLOCK,
              device: str | torch.device | None = None) -> torch.Tensor:
     """n samples of G as one uint8 tensor [n, 3, H, W] (RGB); the same images for a seed on any batch size."""
     return torch.cat(list(iter_samples(G, n, seed=seed, batch=batch, device=device)))
-
-
-def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
-    """G in eval mode from an export folder (`flowergan export`), a checkpoint or a run dir (its newest
-    checkpoint; `ema=False` takes the raw G instead of G_ema there)."""
-    from flowergan import export
-
-    if export.is_export(Path(path)):
-        if not ema and export.exported_weights(Path(path)) == "G_ema":
-            from flowergan.errors import UserError
-
-            raise UserError(f"{path} is an export of G_ema only: export the raw G with `flowergan export --raw`")
-        return export.load_export(Path(path), device=device)
-    from flowergan.train.checkpoint import load_generator as load_from_checkpoint
-
-    G, cfg = load_from_checkpoint(path, ema=ema, device=device)
-    # The loop stores G_ema with recomputed statistics already; recomputing is idempotent and covers raw G.
-    return recompute_bn_stats(G) if cfg.model.g_sample_bn == "batch" else G

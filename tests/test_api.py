@@ -33,8 +33,8 @@ def test_import_flowergan_does_not_import_torch():
 
 
 def test_load_generator_takes_a_run_a_checkpoint_or_an_export(run, tmp_path):
+    from flowergan.artifacts.checkpoint import resolve_checkpoint
     from flowergan.export import export
-    from flowergan.train.checkpoint import resolve_checkpoint
 
     folder = export(run, tmp_path / "g")
     want = flowergan.generate(flowergan.load_generator(run), 8, seed=1)

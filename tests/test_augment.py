@@ -7,7 +7,7 @@ import torch
 
 from flowergan.config import ConfigError
 from flowergan.errors import UserError
-from flowergan.train.augment import color, cutout, diff_augment, make_augment, parse_policy, translation
+from flowergan.train.gan.augment import color, cutout, diff_augment, make_augment, parse_policy, translation
 
 POLICIES = ["color", "translation", "cutout", "color,translation,cutout", "translation,cutout"]
 

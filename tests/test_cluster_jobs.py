@@ -26,10 +26,10 @@ import pytest
 import yaml
 from _procs import descendants
 
+from flowergan.artifacts import checkpoint as ckpt_io
+from flowergan.artifacts.checkpoint import step_of
 from flowergan.errors import UserError
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train.checkpoint import step_of
-from flowergan.train.ray_train import stored_checkpoints
+from flowergan.train.launch.ray_train import stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,11 +18,11 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.config import load_config
 from flowergan.errors import UserError
 from flowergan.models import build_models
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train.ray_train import _check_launch, params_digest, resolve_paths, run_ray, stored_checkpoints
+from flowergan.train.launch.ray_train import _check_launch, params_digest, resolve_paths, run_ray, stored_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent

@@ -98,11 +98,20 @@ def process_group(backend: str, device: torch.device | None = None) -> Iterator[
 
 
 def _checkpoint(run_dir: Path, step: int) -> Path:
-    """A complete checkpoint directory as the run dir lists it (state.json is what makes it complete)."""
+    """A complete checkpoint directory as the run dir lists it, in the layout before sha256 records (its files are
+    there; nothing to compare them with)."""
     path = run_dir / "checkpoints" / f"step-{step:08d}"
     path.mkdir(parents=True)
     (path / "state.json").write_text(json.dumps({"step": step}))
+    (path / "models.safetensors").write_bytes(b"")
+    (path / "optim.pt").write_bytes(b"")
     return path
+
+
+def _resume_point(restored: str | None, run_dir: Path, device: torch.device) -> str | None:
+    from flowergan.train.state.checkpoints import CheckpointManager
+
+    return CheckpointManager(run_dir / "checkpoints").resume_point(device, restored=restored)
 
 
 def run_every_collective(device: torch.device, run_dir: Path, unplaced: str | None = None,
@@ -127,10 +136,10 @@ def _collectives(device: torch.device, run_dir: Path, G: torch.nn.Module, resume
     assert dist.broadcast_text(None, device) is None
     if resume:  # the resume-point agreement: the run dir's newest checkpoint beats an older restored one ...
         newest = _checkpoint(run_dir, 7)
-        assert dist.resume_point(None, run_dir, device) == str(newest)
-        assert dist.resume_point("/ray/t/step-00000005", run_dir, device) == str(newest)
+        assert _resume_point(None, run_dir, device) == str(newest)
+        assert _resume_point("/ray/t/step-00000005", run_dir, device) == str(newest)
         # ... and loses to a newer one.
-        assert dist.resume_point("/ray/t/step-00000009", run_dir, device) == "/ray/t/step-00000009"
+        assert _resume_point("/ray/t/step-00000009", run_dir, device) == "/ray/t/step-00000009"
     # DDP: state sync at construction, buffer sync in forward, gradient all-reduce in backward (the default hook
     # routes the gradient buckets through dist.all_reduce, where they are recorded).
     G_ddp = dist.wrap(G, device)
@@ -157,7 +166,7 @@ def test_the_device_check_catches_a_misplaced_tensor(one_thread, collectives) ->
 
 
 def test_step_of_reads_the_checkpoint_module_names() -> None:
-    from flowergan.train import checkpoint as ckpt_io
+    from flowergan.artifacts import checkpoint as ckpt_io
 
     assert ckpt_io.step_of(Path("/r/checkpoints") / ckpt_io.step_dir_name(1200)) == 1200
     assert ckpt_io.step_of("s3://bucket/ray/t/step-00000040/") == 40
@@ -178,10 +187,10 @@ def test_a_newer_checkpoint_some_rank_cannot_see_is_not_used(tmp_path: Path) -> 
 
     with process_group("gloo"), pytest.MonkeyPatch.context() as mp:
         mp.setattr(Path, "is_dir", hidden)
-        mp.setattr("flowergan.train.checkpoint.list_checkpoints", lambda root: [newest])
-        assert dist.resume_point("/ray/t/step-00000005", tmp_path, device) == "/ray/t/step-00000005"
+        mp.setattr("flowergan.train.state.checkpoints.CheckpointManager.newest_intact", lambda self: (newest, None))
+        assert _resume_point("/ray/t/step-00000005", tmp_path, device) == "/ray/t/step-00000005"
         with pytest.raises(UserError, match="not visible on every worker"):
-            dist.resume_point(None, tmp_path, device)
+            _resume_point(None, tmp_path, device)
 
 
 # ---- the same in a process group of the NCCL kind ------------------------------------------------------------

@@ -15,10 +15,10 @@ import pytest
 import torch
 from _core import TensorStream, tiny_config
 
+from flowergan.artifacts import checkpoint as ckpt_io
+from flowergan.artifacts.checkpoint import read_generator
 from flowergan.config import ConfigError, TrainConfig, load_config
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train.checkpoint import load_generator
-from flowergan.train.compiling import compile_mode, compile_nets
+from flowergan.train.gan.compiling import compile_mode, compile_nets
 from flowergan.train.loop import train
 
 # The recipe every job file ships: R1 on reals, DiffAugment, EMA of G (a bare step hid issue 25's first fault).
@@ -43,8 +43,8 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    nets = {"G": load_generator(run, ema=False)[0], "G_ema": load_generator(run, ema=True)[0],
-            "D": ckpt_io.load_discriminator(run)[0]}
+    nets = {"G": read_generator(run, ema=False)[0], "G_ema": read_generator(run, ema=True)[0],
+            "D": ckpt_io.read_discriminator(run)[0]}
     return {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
 
 

@@ -36,3 +36,12 @@ def test_relative_links_resolve(page: Path):
         assert dest.exists(), f"{page.name}: {target} does not exist"
         if anchor and dest.suffix == ".md":
             assert anchor in anchors(dest), f"{page.name}: no heading #{anchor} in {dest.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_source_path_a_page_names_exists(page: Path):
+    """Moved modules leave no stale path behind in the docs (`flowergan/train/gan/step.py`, say)."""
+    named = set(re.findall(r"(?<![\w/])((?:flowergan|eval/flowergan_eval|benchmarks|tests)/[\w/]*\w\.py)\b",
+                           page.read_text()))
+    missing = sorted(p for p in named if not (ROOT / p).is_file())
+    assert not missing, f"{page.name} names files that do not exist: {missing}"

@@ -12,8 +12,8 @@ from flowergan_eval import api, testing
 from flowergan_eval import stats as S
 from flowergan_eval import weights as W
 
+from flowergan.artifacts.checkpoint import read_generator
 from flowergan.errors import UserError
-from flowergan.train.checkpoint import load_generator
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def env(tmp_path_factory, tmp_path, monkeypatch):
 
 
 def test_in_training_kid_and_fid(env, tmp_path):
-    G, cfg = load_generator(env["run"], ema=False)
+    G, cfg = read_generator(env["run"], ema=False)
     G.train()  # the loop's G is in training mode
     before = (torch.get_rng_state(), G.state_dict()["main.1.running_mean"].clone(), np.random.get_state()[1].copy())
     out = api.in_training_metric(G, nz=cfg.model.nz, metric="kid", n=8, data=env["data"], device="cpu",
@@ -61,7 +61,7 @@ def test_in_training_kid_and_fid(env, tmp_path):
 
 
 def test_in_training_metric_rejects_unknown_metrics(env):
-    G, cfg = load_generator(env["run"])
+    G, cfg = read_generator(env["run"])
     with pytest.raises(UserError, match="eval.metric: 'nope' is not a registered metric; one of: fid, kid, is"):
         api.in_training_metric(G, nz=cfg.model.nz, metric="nope", n=8, data=env["data"], device="cpu",
                                inception_weights=env["weights"])

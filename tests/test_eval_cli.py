@@ -73,6 +73,25 @@ def test_fid_json_is_one_object_with_its_provenance(setup):
     assert [p.suffix for p in stats_files] == [".npz"]  # written once, atomically: no temporary left over
 
 
+def test_an_export_folder_is_enough_wherever_only_G_is_needed(setup, tmp_path):
+    """`--ckpt EXPORT_DIR`: the same G_ema, so the same FID as its checkpoint; what needs D says so in one line."""
+    from flowergan.export import export
+
+    folder = export(setup["run"], tmp_path / "exported")
+    common = ["--data", str(setup["data"]), "--n", str(N), "--ref-n", str(N), "--json", "--no-progress"]
+    from_run = _cli("fid", "--ckpt", str(setup["run"]), *common)
+    from_export = _cli("fid", "--ckpt", str(folder), *common)
+    assert from_run.returncode == 0 and from_export.returncode == 0, from_export.stderr
+    a, b = json.loads(from_run.stdout), json.loads(from_export.stdout)
+    assert a["metrics"] == b["metrics"] and math.isfinite(b["metrics"][f"fid{N}"])
+    assert b["provenance"]["checkpoint"] == str(folder) and b["provenance"]["generator"] == "G_ema"
+    proc = _cli("report", "--ckpt", str(folder), "--data", str(setup["data"]), "--n", str(N), "--out",
+                str(tmp_path / "r.html"), "--no-progress")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {folder} is an export folder, which holds G only; the report"), proc.stderr
+    assert "needs D: pass a checkpoint or run dir instead" in proc.stderr
+
+
 def test_kid_table_states_n_reference_extractor_and_resize(setup):
     out = _invoke("kid", "--ckpt", str(setup["run"]), "--data", str(setup["data"]), "--n", str(N), "--ref-n",
                   str(N), "--no-progress").output

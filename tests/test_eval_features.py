@@ -70,9 +70,9 @@ def test_project_fid_kid_is_equal_torch_fidelitys_calculate_metrics(tmp_path, ev
     import torch_fidelity
 
     run = testing.checkpoint(eval_base / "run-varied", weight_std=0.15)
-    from flowergan.train.checkpoint import load_generator
+    from flowergan.artifacts.checkpoint import read_generator
 
-    G, cfg = load_generator(run)
+    G, cfg = read_generator(run)
     z = FT.latents(N, cfg.model.nz, seed=0)
     gen_dir, real_dir = tmp_path / "generated", tmp_path / "real"
     gen_dir.mkdir()

@@ -21,7 +21,7 @@ from flowergan_eval.cli import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from flowergan.train.logging import RunLogger
+from flowergan.train.observe.logs import RunLogger
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 STEPS = list(range(0, 101, 20))

@@ -154,9 +154,9 @@ def test_features_path_runs_a_users_torchscript_backbone(tmp_path_factory, tmp_p
     # The same number by hand: the module's features of the real images and of G's samples, and the pure FID.
     from flowergan_eval import features as FT
 
-    from flowergan.train.checkpoint import load_generator
+    from flowergan.artifacts.checkpoint import read_generator
 
-    G, cfg = load_generator(run / "checkpoints" / "step-00000100")
+    G, cfg = read_generator(run / "checkpoints" / "step-00000100")
     fake = torch.cat(list(FT.generate(G, FT.latents(12, cfg.model.nz, 0))))
     real, _ = load_real(open_real(str(data)))
     expected = M.fid_from_features(_Pool()(fake.float() / 255).numpy(), _Pool()(real.float() / 255).numpy())

@@ -17,11 +17,13 @@ import yaml
 from _tiny_run import run_main, tiny_run
 from safetensors.torch import load_file
 
+from flowergan.artifacts import open_generator
+from flowergan.artifacts.checkpoint import checkpoint_config, read_state, resolve_checkpoint
+from flowergan.artifacts.export_folder import is_export, load_export
 from flowergan.config import ModelConfig
-from flowergan.export import export, is_export, load_export
+from flowergan.export import export
 from flowergan.export.card import front_matter, model_card
-from flowergan.generation import generate, load_generator
-from flowergan.train.checkpoint import checkpoint_config, read_state, resolve_checkpoint
+from flowergan.generation import generate
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def front(folder: Path) -> dict:
 def test_export_holds_g_only_and_nothing_that_needs_unpickling(run, exported):
     assert sorted(p.name for p in exported.iterdir()) == [
         "README.md", "config.json", "generator.onnx", "generator.pt2", "model.safetensors"]
-    G_ema = load_generator(run)
+    G_ema = open_generator(run)
     tensors = load_file(str(exported / "model.safetensors"))
     assert set(tensors) == set(G_ema.state_dict())  # plain keys: no G./G_ema./D. prefix, no optimizer state
     assert is_export(exported) and not is_export(resolve_checkpoint(run))
@@ -60,19 +62,19 @@ def test_export_holds_g_only_and_nothing_that_needs_unpickling(run, exported):
 
 
 def test_export_g_is_bit_identical_to_the_checkpoints_g_ema(run, exported, tmp_path):
-    G_ema, G_exp = load_generator(run), load_generator(exported)
+    G_ema, G_exp = open_generator(run), open_generator(exported)
     for k, v in G_ema.state_dict().items():
         assert torch.equal(v, G_exp.state_dict()[k]), k
     assert torch.equal(generate(G_exp, 20, seed=5), generate(G_ema, 20, seed=5))
     raw = export(run, tmp_path / "raw", ema=False)
     assert json.loads((raw / "config.json").read_text())["weights"] == "G"
-    assert torch.equal(generate(load_generator(raw), 4), generate(load_generator(run, ema=False), 4))
-    assert not torch.equal(generate(load_generator(raw), 4), generate(G_ema, 4))  # G and G_ema differ
-    assert torch.equal(generate(load_generator(raw, ema=False), 4), generate(load_generator(raw), 4))
+    assert torch.equal(generate(open_generator(raw), 4), generate(open_generator(run, ema=False), 4))
+    assert not torch.equal(generate(open_generator(raw), 4), generate(G_ema, 4))  # G and G_ema differ
+    assert torch.equal(generate(open_generator(raw, ema=False), 4), generate(open_generator(raw), 4))
     from flowergan.errors import UserError
 
     with pytest.raises(UserError, match="export of G_ema only"):
-        load_generator(exported, ema=False)  # sample --raw on a G_ema export: it cannot give what was asked
+        open_generator(exported, ema=False)  # sample --raw on a G_ema export: it cannot give what was asked
 
 
 def test_pt2_and_onnx_agree_with_the_safetensors_g(exported):
@@ -111,7 +113,7 @@ def test_g_is_rebuilt_from_the_section_not_from_defaults(tmp_path):
     out = export(run, tmp_path / "g")
     G = load_export(out)
     assert G.nz == 12 and G.main[3].kernel_size == (5, 5)
-    assert torch.equal(generate(G, 3), generate(load_generator(run), 3))
+    assert torch.equal(generate(G, 3), generate(open_generator(run), 3))
 
 
 def test_model_card_front_matter_is_what_the_hub_reads(run, exported):
@@ -201,8 +203,8 @@ def test_a_broken_export_folder_is_one_line(exported, tmp_path):
     meta["model"]["ngf"] = 16
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="model.safetensors: does not fit the model in config.json"):
-        load_generator(bad)
+        open_generator(bad)
     meta["model"]["kernel"] = 3
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"config.json: not a flowergan export config .*model.kernel"):
-        load_generator(bad)
+        open_generator(bad)

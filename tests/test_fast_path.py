@@ -20,7 +20,7 @@ from flowergan.data.ingest.synth import write_synthflowers
 from flowergan.data.loader.cached import CACHE_FRACTION, resolve_cache
 from flowergan.data.loader.transform import to_device
 from flowergan.errors import UserError
-from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
+from flowergan.train.gan.compiling import compile_nets, cudnn_autotune, pick_memory_format
 
 CPU = torch.device("cpu")
 
@@ -162,8 +162,8 @@ def _loop_body(cfg_train: TrainConfig, shards: Path, batch: int = 16):
 
     from flowergan.config import ModelConfig
     from flowergan.models import build_models
-    from flowergan.train.augment import make_augment
-    from flowergan.train.step import Precision, ema_update, gan_step, resolve_amp
+    from flowergan.train.gan.augment import make_augment
+    from flowergan.train.gan.step import Precision, ema_update, gan_step, resolve_amp
 
     device = torch.device("cuda")
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ def test_ray_sets_the_nccl_environment_for_the_mixed_gpu_backend() -> None:
     """GPU workers use "cpu:gloo,cuda:nccl"; Ray sets TORCH_NCCL_ASYNC_ERROR_HANDLING (a stuck collective fails
     the worker instead of hanging it) only for backends it recognises as NCCL. This Ray must recognise ours."""
     ray_torch_config = pytest.importorskip("ray.train.torch.config")
-    from flowergan.train.ray_train import GPU_BACKEND
+    from flowergan.train.launch.ray_train import GPU_BACKEND
 
     assert ray_torch_config._is_backend_nccl(GPU_BACKEND)
     assert not ray_torch_config._is_backend_nccl("gloo")
@@ -53,7 +53,7 @@ def test_the_process_group_timeout_is_a_validated_cluster_field() -> None:
 def test_eval_features_files_are_made_absolute_for_the_workers(tmp_path, monkeypatch, features, expected) -> None:
     """Ray workers run elsewhere: a relative eval.features file (alone or after NAME=) must travel absolute."""
     from flowergan.config import load_config
-    from flowergan.train.ray_train import resolve_paths
+    from flowergan.train.launch.ray_train import resolve_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = resolve_paths(load_config(None, [f"eval.features={features}"] if features else []))

@@ -13,11 +13,11 @@ from _tiny_run import tiny_run
 from safetensors.torch import load_file
 from torch import nn
 
+from flowergan.artifacts.checkpoint import read_generator, resolve_checkpoint
 from flowergan.config import Config, ConfigError, load_config
 from flowergan.export import export
 from flowergan.generation import BN_BATCHES, BN_SEED, for_sampling, latent_blocks, recompute_bn_stats
 from flowergan.models import Generator
-from flowergan.train.checkpoint import load_generator, resolve_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -126,7 +126,7 @@ def test_loop_saves_g_ema_with_recomputed_statistics_and_trains_with_r1_and_pack
     tensors = load_file(str(ckpt / "models.safetensors"))
     ema_mean = tensors["G_ema.main.1.running_mean"]
     assert not torch.equal(ema_mean, tensors["G.main.1.running_mean"])  # not G's copied statistics
-    G_ema, cfg = load_generator(batch_run)
+    G_ema, cfg = read_generator(batch_run)
     assert cfg.model.g_sample_bn == "batch" and cfg.model.d_pack == 2 and cfg.train.r1_gamma == 1.0
     assert torch.equal(recompute_bn_stats(copy.deepcopy(G_ema)).main[1].running_mean, ema_mean)
     logged = [json.loads(line) for line in (batch_run / "metrics.jsonl").read_text().splitlines()]
@@ -145,7 +145,7 @@ def test_export_of_a_batch_run_says_how_its_statistics_were_made(batch_run: Path
     meta = json.loads((out / "config.json").read_text())
     assert "recomputed" in meta["batchnorm"] and meta["model"]["g_sample_bn"] == "batch"
     assert "recomputed" in (out / "README.md").read_text()
-    G_ema, _ = load_generator(batch_run)
+    G_ema, _ = read_generator(batch_run)
     exported = load_file(str(out / "model.safetensors"))
     assert torch.equal(exported["main.1.running_mean"], G_ema.main[1].running_mean)
 

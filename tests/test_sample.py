@@ -15,7 +15,8 @@ import torch
 from _tiny_run import run_main, tiny_run
 from PIL import Image
 
-from flowergan.generation import BLOCK, generate, latent_blocks, load_generator
+from flowergan.artifacts import open_generator
+from flowergan.generation import BLOCK, generate, latent_blocks
 
 FLOWERGAN = [sys.executable, "-m", "flowergan"]
 
@@ -32,7 +33,7 @@ def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 def test_same_images_on_any_batch_size_and_n(run):
-    G = load_generator(run)
+    G = open_generator(run)
     n = BLOCK + 9  # crosses a block boundary
     ref = generate(G, n, seed=3, batch=n)
     assert ref.dtype == torch.uint8 and ref.shape == (n, 3, 64, 64)
@@ -44,7 +45,7 @@ def test_same_images_on_any_batch_size_and_n(run):
 
 
 def test_generate_restores_the_mode_and_uses_the_documented_z(run):
-    G = load_generator(run).train()
+    G = open_generator(run).train()
     images = generate(G, 3, seed=1)
     assert G.training  # put back as it was
     z = next(latent_blocks(G.nz, 1))[:3]
@@ -54,7 +55,7 @@ def test_generate_restores_the_mode_and_uses_the_documented_z(run):
 
 
 def test_eval_mode_batchnorm_makes_a_sample_independent_of_its_batch_mates(run):
-    G = load_generator(run)
+    G = open_generator(run)
     z = next(latent_blocks(G.nz, 0))
     other = z.clone()
     other[1:] = torch.randn(BLOCK - 1, G.nz, generator=torch.Generator().manual_seed(9))
@@ -83,7 +84,7 @@ def test_png_npz_and_grid_hold_the_same_pixels(run, tmp_path, capsys):
         images = npz["images"]
     assert images.dtype == np.uint8 and images.shape == (n, 64, 64, 3)
     assert np.array_equal(pngs, images)
-    expected = generate(load_generator(run), n, seed=2).permute(0, 2, 3, 1).numpy()
+    expected = generate(open_generator(run), n, seed=2).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(images, expected)
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.shape == (2 + 2 * 66, 2 + 2 * 66, 3)  # 2x2 images, 2 px padding (torchvision's make_grid)
@@ -104,7 +105,7 @@ def test_torch_fidelity_reads_every_png_that_sample_wrote(run, tmp_path, capsys)
     assert code == 0, err
     ds = prepare_input_from_id(1, input1=str(tmp_path / "png"), samples_find_deep=False, verbose=False)
     assert len(ds) == n
-    expected = generate(load_generator(run), n, seed=0)
+    expected = generate(open_generator(run), n, seed=0)
     assert all(torch.equal(ds[i], expected[i]) for i in range(n))
 
     weights = testing.inception_weights(tmp_path, seed=0)
@@ -175,9 +176,9 @@ def test_a_failure_while_writing_leaves_nothing_behind(run, tmp_path, monkeypatc
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_samples_do_not_depend_on_the_batch_size(run):
     """On the GPU too (cuDNN picks kernels per shape, hence the fixed forward shape); close to the CPU's."""
-    G = load_generator(run, device="cuda")
+    G = open_generator(run, device="cuda")
     ref = generate(G, BLOCK + 9, seed=1, batch=BLOCK + 9)
     for batch in (1, 7, BLOCK):
         assert torch.equal(generate(G, BLOCK + 9, seed=1, batch=batch), ref), batch
-    cpu = generate(load_generator(run), BLOCK + 9, seed=1)
+    cpu = generate(open_generator(run), BLOCK + 9, seed=1)
     assert (ref.int() - cpu.int()).abs().max() <= 1  # fp32 on two devices: at most one uint8 step apart

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowergan.models import Discriminator, Generator
-from flowergan.train.augment import make_augment
-from flowergan.train.step import (
+from flowergan.train.gan.augment import make_augment
+from flowergan.train.gan.step import (
     Precision,
     Targets,
     d_loss,
@@ -382,7 +382,7 @@ def _faint_d() -> nn.Module:
 
 
 def _penalties_seen(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
-    import flowergan.train.step as step_module
+    import flowergan.train.gan.step as step_module
 
     seen: list[torch.Tensor] = []
     real_r1 = step_module.r1_penalty

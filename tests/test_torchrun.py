@@ -1,6 +1,7 @@
 """`torchrun --nproc-per-node 2 -m flowergan train` on the CPU (gloo): the ranks form one process group, rank 0
 alone writes one run dir, a whole job SIGKILLed mid-run and resumed ends bit-identical to an uninterrupted run on
-every rank, and the cross-rank consistency check stops a run (compiled G and D) whose ranks' weights differ."""
+every rank (and so does one whose newest checkpoint was then damaged: it resumes from the intact one before), and
+the cross-rank consistency check stops a run (compiled G and D) whose ranks' weights differ."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from _procs import descendants
 from safetensors.torch import load_file
 
-from flowergan.train import checkpoint as ckpt_io
+from flowergan.artifacts import checkpoint as ckpt_io
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,24 @@ def test_sigkilled_job_resumes_bit_identical_on_every_rank(shards: Path, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _logged_steps(split) == [2, 4, 6, 8]
     assert len(list((split / "tb").glob("events.out.tfevents.*"))) == 2  # one per attempt, curves purged
+
+    # Then the newest checkpoint is damaged (64 bytes of a tensor overwritten with 0xFF, as the issue found it) and
+    # the job relaunched: rank 0 says in one line which checkpoint it skipped and why, and both ranks continue from
+    # the newest intact one, step 4, to the very step-8 weights, as if the damaged one had never been written.
+    weights = split / "checkpoints" / "step-00000008" / "models.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little") + 256
+    data[start:start + 64] = b"\xff" * 64
+    weights.write_bytes(bytes(data))
+    r = _run(_cmd(split, shards, "train.steps=8") + ["--resume"], FLOWERGAN_FAULT_ONCE=str(marker))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert [line for line in r.stdout.splitlines() if "damaged" in line] == [
+        "warning: skipped damaged checkpoint step-00000008 (models.safetensors does not match its sha256 (truncated "
+        "or altered)); resuming from step-00000004"], r.stdout[-3000:]
+    assert dict(DIGEST.findall(r.stdout)) == {"8": straight_digests["8"]}, r.stdout[-3000:]
+    a, b = _final_state(straight), _final_state(split)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ckpt_io.damage(split / "checkpoints" / "step-00000008") is None
 
 
 def test_consistency_check_stops_a_compiled_run_whose_ranks_differ(shards: Path, tmp_path: Path) -> None:

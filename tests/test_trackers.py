@@ -11,7 +11,7 @@ from _core import TensorStream, tiny_config
 
 from flowergan.config import ConfigError
 from flowergan.errors import UserError
-from flowergan.train import mlflow_repair, trackers
+from flowergan.train.observe import mlflow_repair, trackers
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -19,7 +19,7 @@ from _core import TensorStream, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from flowergan.train import checkpoint as ckpt_io
+from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.train.loop import train
 
 FLOWERGAN = str(Path(sys.executable).parent / "flowergan")

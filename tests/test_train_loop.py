@@ -13,9 +13,9 @@ from _core import TensorStream, tiny_config
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from flowergan.artifacts import checkpoint as ckpt_io
+from flowergan.artifacts.checkpoint import read_generator
 from flowergan.errors import UserError
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train.checkpoint import load_generator
 from flowergan.train.loop import train
 
 TAGS = {"Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after", "Speed/img_per_s", "LR/G", "LR/D"}
@@ -66,14 +66,14 @@ def test_resume_is_bit_identical(tmp_path, extra):
     train(tiny_config(split, "train.steps=20", "train.checkpoint_every=7", *extra), resume=True,
           stream=TensorStream())
     for ema in (False, True):
-        a, _ = load_generator(straight, ema=ema)
-        b, _ = load_generator(split, ema=ema)
+        a, _ = read_generator(straight, ema=ema)
+        b, _ = read_generator(split, ema=ema)
         assert _weights_equal(a, b)
-    da, _ = ckpt_io.load_discriminator(straight)
-    db, _ = ckpt_io.load_discriminator(split)
+    da, _ = ckpt_io.read_discriminator(straight)
+    db, _ = ckpt_io.read_discriminator(split)
     assert _weights_equal(da, db)
     # And training moved the weights at all (the comparison is not between two untouched inits).
-    g0, _ = load_generator(split / "checkpoints" / "step-00000014", ema=False)
+    g0, _ = read_generator(split / "checkpoints" / "step-00000014", ema=False)
     assert not _weights_equal(a, g0)
 
 
@@ -159,7 +159,7 @@ def test_lr_decay_follows_the_step_and_a_resumed_run_continues_it_bit_identical(
     shutil.copytree(straight / "checkpoints" / "step-00000014", resumed / "checkpoints" / "step-00000014")
     train(tiny_config(resumed, *common), resume=True, stream=TensorStream())
     for ema in (False, True):
-        assert _weights_equal(load_generator(straight, ema=ema)[0], load_generator(resumed, ema=ema)[0])
+        assert _weights_equal(read_generator(straight, ema=ema)[0], read_generator(resumed, ema=ema)[0])
 
 
 def test_resume_is_bit_identical_on_real_shards_with_a_loader_worker(tmp_path):
@@ -173,8 +173,8 @@ def test_resume_is_bit_identical_on_real_shards_with_a_loader_worker(tmp_path):
     train(tiny_config(straight, "train.steps=6", *common))
     train(tiny_config(split, "train.steps=3", *common))
     train(tiny_config(split, "train.steps=6", *common), resume=True)
-    a, _ = load_generator(straight, ema=False)
-    b, _ = load_generator(split, ema=False)
+    a, _ = read_generator(straight, ema=False)
+    b, _ = read_generator(split, ema=False)
     assert _weights_equal(a, b)
 
 
@@ -203,7 +203,7 @@ def test_in_training_eval_keeps_best(tmp_path, monkeypatch):
 
 def test_training_never_imports_the_eval_package():
     """The import graph reads top to bottom: evaluation is handed to the loop, which never imports it."""
-    code = ("import sys, flowergan.train.loop, flowergan.train.step, flowergan.data.loader.stream; "
+    code = ("import sys, flowergan.train.loop, flowergan.train.gan.step, flowergan.data.loader.stream; "
             "print(sorted(m for m in sys.modules if m.startswith('flowergan_eval')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -10,11 +10,12 @@ import pytest
 import torch
 from _core import TensorStream, tiny_config
 
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train import rng
+from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.train.loop import train
 from flowergan.train.schedule import Schedule
-from flowergan.train.state import new_state
+from flowergan.train.state import rng
+from flowergan.train.state.checkpoints import load_state
+from flowergan.train.state.train_state import new_state
 
 
 def _draws() -> tuple:
@@ -44,7 +45,7 @@ def test_each_rank_gets_its_own_rng_state_back(one_thread, tmp_path) -> None:
     state.step, state.best = 4, 0.25
     ckpt = ckpt_io.save_state(tmp_path / "ck", state.state_dict(), [r0, r1], {"config": cfg.to_dict()})
     _, other = _fresh(tmp_path)
-    assert ckpt_io.load_state(ckpt, cfg, other, rank=1, world=2) is None
+    assert load_state(ckpt, cfg, other, rank=1, world=2) is None
     assert torch.equal(torch.get_rng_state(), r1["torch"]) and not torch.equal(r0["torch"], r1["torch"])
     assert (other.step, other.best) == (4, 0.25)
 
@@ -53,7 +54,7 @@ def test_another_world_size_says_so_in_one_line(one_thread, tmp_path) -> None:
     cfg, state = _fresh(tmp_path)
     ckpt = ckpt_io.save_state(tmp_path / "ck", state.state_dict(), [rng.capture()], {"config": cfg.to_dict()})
     before = torch.get_rng_state()
-    note = ckpt_io.load_state(ckpt, cfg, state, rank=1, world=2)
+    note = load_state(ckpt, cfg, state, rank=1, world=2)
     assert note is not None and "\n" not in note
     assert note.startswith("step-00000000 was saved by 1 rank(s) and resumes with 2: noise streams are re-derived")
     assert torch.equal(torch.get_rng_state(), before), "a foreign rank's RNG state must not be loaded"
@@ -68,6 +69,8 @@ def test_resume_prints_the_note_and_continues(one_thread, tmp_path, capsys, monk
     extra = torch.load(ckpt / ckpt_io.OPTIM, weights_only=True)
     extra["rng"] = [extra["rng"][0], extra["rng"][0]]  # "saved by 2 ranks"
     torch.save(extra, ckpt / ckpt_io.OPTIM)
+    # As a 2-rank run would have recorded it (an edit without a new record is damage, which resume skips).
+    (ckpt / ckpt_io.SUMS).write_text("".join(f"{ckpt_io.sha256_of(ckpt / n)}  {n}\n" for n in ckpt_io.FILES))
     capsys.readouterr()
     metrics = train(tiny_config(run, "train.steps=6", "train.checkpoint_every=4"), resume=True, stream=TensorStream())
     out = capsys.readouterr().out
@@ -83,7 +86,7 @@ def test_optimizer_state_takes_the_layout_of_the_params_it_resumes(one_thread, t
     train(tiny_config(run, "train.steps=4", "train.checkpoint_every=4"), stream=TensorStream())
     cfg = tiny_config(run, "train.steps=8", "train.checkpoint_every=4", "train.channels_last=true", "optim.fused=on")
     state = new_state(cfg, torch.device("cpu"), torch.channels_last, best=float("inf"))
-    ckpt_io.load_state(ckpt_io.list_checkpoints(run / "checkpoints")[-1], cfg, state, rank=0, world=1)
+    load_state(ckpt_io.list_checkpoints(run / "checkpoints")[-1], cfg, state, rank=0, world=1)
     four_d = [p for net in (state.G, state.D) for p in net.parameters() if p.dim() == 4]
     assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
     for opt in (state.opt_g, state.opt_d):

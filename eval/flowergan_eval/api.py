@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowergan.artifacts import Artifact
 from flowergan.config import Config
 from flowergan.devices import pick_device, unwrap
 from flowergan.errors import UserError
@@ -56,18 +57,19 @@ class Evaluation:
             raise UserError(f"--n {opts.n}: need at least 2 generated images")
         if opts.batch < 1:
             raise UserError(f"--batch {opts.batch}: must be >= 1")
-        self.ckpt: Path | None = None
+        self.ckpt: Path | None = None  # the checkpoint directory or export folder evaluated
+        self.artifact: Artifact | None = None
         self.G: nn.Module | None = None
         self.generator_name = "G"
         self.state: dict[str, Any] = {}
         self.extractor_of: dict[str, str] = {}  # metric key -> the network that read the images
         if ckpt is not None:
-            from flowergan.train.checkpoint import has_ema, load_generator, read_state, resolve_checkpoint
+            from flowergan.artifacts import open_artifact
 
-            self.ckpt = resolve_checkpoint(ckpt)
-            self.G, self.cfg = load_generator(self.ckpt, ema=not opts.raw, device=self.device)
-            self.generator_name = "G" if opts.raw or not has_ema(self.ckpt) else "G_ema"
-            self.state = read_state(self.ckpt)
+            # A run dir, a checkpoint or an export folder (G only: the measures that need D say so in one line).
+            self.artifact = open_artifact(ckpt, ema=not opts.raw, device=self.device)
+            self.ckpt, self.G, self.cfg = self.artifact.path, self.artifact.G, self.artifact.cfg
+            self.generator_name, self.state = self.artifact.generator_name, self.artifact.state
             self.nz = self.cfg.model.nz
             self.resolution = self.cfg.model.resolution
         self.real: RealSet | None = open_real(opts.data) if opts.data else None
@@ -154,8 +156,15 @@ class Evaluation:
 
     def require_ckpt(self) -> Path:
         if self.ckpt is None:
-            raise UserError("--ckpt is required: a checkpoint directory or a run directory")
+            raise UserError("--ckpt is required: a run directory, a checkpoint directory or an export folder")
         return self.ckpt
+
+    def require_checkpoint(self, why: str) -> Path:
+        """The checkpoint directory, for what needs more than G (D, the run's logs); an export folder holds G only,
+        which is a one-line error saying `why` it is not enough."""
+        self.require_ckpt()
+        assert self.artifact is not None
+        return self.artifact.require_checkpoint(why)
 
     # ------------------------------------------------------------ results
     def provenance(self, *, with_reference: bool = True, with_extractor: bool = True) -> dict[str, Any]:

@@ -29,7 +29,8 @@ oracle_app = typer.Typer(no_args_is_help=True, help="The SynthFlowers mode class
 app.add_typer(oracle_app, name="oracle")
 
 # Options shared by the commands (Annotated aliases keep each signature one line per option).
-Ckpt = Annotated[str, typer.Option("--ckpt", help="A checkpoint directory, or a run directory (its newest one).")]
+Ckpt = Annotated[str, typer.Option("--ckpt", help="A run directory (its newest checkpoint), a checkpoint directory, "
+                                                  "or an export folder (G only: enough for every metric).")]
 Data = Annotated[str, typer.Option("--data", help="Real shards (folder with manifest.json, or URL) to compare "
                                                   "with.")]
 N = Annotated[int, typer.Option("--n", help="Generated images (the metric's name carries it: fid10k).")]

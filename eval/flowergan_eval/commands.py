@@ -12,14 +12,15 @@ from typing import Any
 
 import torch
 
+from flowergan import catalogue
 from flowergan.errors import UserError
 from flowergan.outputs import write_atomic
+from flowergan.progress import progress_bar
 from flowergan_eval import features as FT
 from flowergan_eval import latent as L
 from flowergan_eval import metrics as M
 from flowergan_eval import oracle as O
 from flowergan_eval.api import Evaluation, Options
-from flowergan_eval.ui import progress
 
 
 def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
         raise UserError(f"{base} compares with real images: pass --data SHARDS")
     if (opts.features or metric.features) == "synth" and not opts.data:
         raise UserError(f"{base} with SynthNet features: pass --data SYNTH_SHARDS (SynthNet is trained on them)")
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         values = ev.metrics([base])
         prov = ev.provenance(with_reference=metric.needs_real)
@@ -37,29 +38,7 @@ def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
             "extractor_of": dict(ev.extractor_of)}
 
 
-NOTES = {
-    "prdc/precision": "share of generated samples inside the real manifold (fidelity)",
-    "prdc/recall": "share of real samples inside the generated manifold (diversity)",
-    "prdc/density": "how many real k-NN balls hold a generated sample, / k (about 1 when distributions match)",
-    "prdc/coverage": "share of real samples with a generated sample in their k-NN ball (mode coverage)",
-    "kid/std": "std of KID over the random subsets",
-    "kid/subset_size": "images per KID subset (capped at N)",
-    "is/std": "std of IS over the 10 splits",
-    "ms_ssim/generated": "mean MS-SSIM of random generated pairs; well above the real figure = look-alike samples",
-    "ms_ssim/real": "the same for real images: the diversity to aim for",
-    "ndb/ndb": "k-means bins whose generated share differs from the real share (alpha 0.05)",
-    "ndb/ndb_over_k": "the same as a share of the bins; 0 is ideal",
-    "ndb/js": "JS divergence (bits) of the bin histograms; 0 = same",
-    "near_dup/rate": "samples with a generated neighbour closer than real images' 1st-percentile NN distance",
-    "memorisation/nn_ratio": "median NN distance to training images / real images' own; << 1 = copying",
-    "memorisation/nn_dist_median": "median Inception distance of a sample to its nearest training image",
-    "modes/covered": "modes with enough samples, read by the SynthFlowers oracle",
-    "modes/of": "modes of the data set",
-    "modes/kl_uniform": "KL(generated mode distribution || uniform) in nats; 0 = all modes equally often",
-    "modes_kl/covered": "modes with enough samples, read by the SynthFlowers oracle",
-    "modes_kl/of": "modes of the data set",
-    **{base: m.doc for base, m in M.REGISTRY.items()},
-}
+NOTES = catalogue.notes()  # what each number means, from the metric catalogue
 
 
 def notes_for(names) -> dict[str, str]:
@@ -76,7 +55,7 @@ def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]
     """The mode-collapse measures."""
     if not opts.data:
         raise UserError("diversity compares with real images: pass --data SHARDS")
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         out = ev.diversity(n_pairs=pairs)
         prov = ev.provenance()
@@ -98,7 +77,7 @@ def mode_counts(ev: Evaluation, oracle_dir: str | None, min_count: int) -> dict[
 
 def run_modes(ckpt: str, opts: Options, oracle_dir: str | None = None, min_count: int = 0) -> dict[str, Any]:
     """Modes covered and KL to uniform (the registry's `modes`), for a G trained on SynthFlowers."""
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         metrics = ev.metrics(["modes"], oracle_dir=oracle_dir, min_count=min_count)
         s = mode_counts(ev, oracle_dir, min_count)
@@ -125,9 +104,9 @@ def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps:
     m = min(ev.opts.n, 500)
     pics["latent_pca.png"] = L.latent_pca_png(ev.z[:m].numpy(), ev.fake_images[:m], max_thumbs=thumbs)
     if ev.real is not None:
-        from flowergan.train.checkpoint import load_discriminator
+        from flowergan.artifacts.checkpoint import read_discriminator
 
-        D, _ = load_discriminator(ev.require_ckpt(), device=ev.device)
+        D, _ = read_discriminator(ev.require_checkpoint("the D-feature PCA (with --data)"), device=ev.device)
         real_x = ev.real_images[0] if ev.computed("real_images") else _first_real(ev, m)
         pics["d_features_pca.png"] = L.d_features_pca_png(FT.d_features(D, real_x[:m], device=ev.device),
                                                           FT.d_features(D, ev.fake_images[:m], device=ev.device))
@@ -149,7 +128,7 @@ def _first_real(ev: Evaluation, m: int) -> torch.Tensor:
 
 def run_latent(ckpt: str, opts: Options, out: Path, gif: bool = False) -> dict[str, Any]:
     """Write the latent pictures into `out`."""
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         pics = latent_pictures(ev, with_gif=gif)
     for name, data in pics.items():
@@ -166,7 +145,7 @@ def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
     """Compute (or find) the cached reference statistics of --data."""
     from flowergan_eval import stats as S
 
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(None, opts, bar=bar)
         real = ev.require_real()
         ref = S.reference(real, ev.extractor, n=opts.ref_n, batch=opts.batch, progress=bar, recompute=recompute)
@@ -193,7 +172,7 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
     real = open_real(data)
     weights: dict[str, dict[str, torch.Tensor]] = {}
     infos: dict[str, dict[str, Any]] = {}
-    with progress(show_progress) as bar:
+    with progress_bar(show_progress, stderr=True) as bar:
         model, info = O.train(real, epochs=epochs, seed=seed, progress=bar)
         weights["oracle.safetensors"] = {k: v.contiguous() for k, v in model.state_dict().items()}
         infos["oracle.json"] = info
@@ -231,14 +210,16 @@ def report_metrics(features: str) -> list[str]:
 
 def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
     """Compute everything and write one self-contained HTML page."""
-    from flowergan.train.checkpoint import has_ema, load_generator
+    from flowergan.artifacts import open_generator
+    from flowergan.artifacts.checkpoint import has_ema
     from flowergan_eval import report as R
 
     if not opts.data:
         raise UserError("report compares with real images: pass --data SHARDS")
     sections: dict[str, Any] = {}
-    with progress(opts.progress) as bar:
+    with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
+        ev.require_checkpoint("the report (D's features, the other G, the run's curves)")  # before any work
         metrics = ev.metrics(report_metrics(opts.features))
         div = ev.diversity(n_pairs=500)
         metrics.update(div["metrics"])
@@ -246,10 +227,10 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         # Grids: the evaluated G and the other one of the checkpoint (EMA / raw) on the same z, next to real images.
         grid_n = min(64, opts.n)
         grids = {"G_ema" if ev.generator_name == "G_ema" else "G (raw)": L.grid_png(ev.fake_images[:grid_n], nrow=8)}
-        ckpt_dir = ev.require_ckpt()
+        ckpt_dir = ev.require_checkpoint("the report (D's features, the other G, the run's curves)")
         if has_ema(ckpt_dir):
             other_is_ema = ev.generator_name != "G_ema"
-            other, _ = load_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
+            other = open_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
             images = torch.cat([x.cpu() for x in FT.generate(other, ev.z[:grid_n], batch=opts.batch,
                                                              device=ev.device)])
             grids["G_ema" if other_is_ema else "G (raw)"] = L.grid_png(images, nrow=8)

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowergan.catalogue import METRICS, PRDC_K, MetricFacts
+
 # torch-fidelity's defaults, kept so our numbers equal its own `calculate_metrics` on the same inputs.
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
 SHUFFLE_SEED = 2020
-PRDC_K = 5
 
 
 # ---------------------------------------------------------------- FID
@@ -197,15 +198,17 @@ def mode_stats(pred: np.ndarray, k: int, min_count: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Metric:
-    """One registered metric: what it needs and how to compute it from arrays."""
+    """One registered metric: its facts (flowergan.catalogue) and how to compute it from arrays."""
 
-    name: str
-    doc: str
-    lower_is_better: bool
-    needs_real: bool
+    facts: MetricFacts
     compute: Callable[..., dict[str, float]]
-    features: str = "inception"  # the default extractor: inception, synth, effnet-lite2, or oracle (mode classifier)
-    headline: str = ""  # the sub-result that picks the best checkpoint ("" = the metric's own number)
+
+    name = property(lambda self: self.facts.name)
+    doc = property(lambda self: self.facts.doc)
+    lower_is_better = property(lambda self: self.facts.lower_is_better)
+    needs_real = property(lambda self: self.facts.needs_real)
+    features = property(lambda self: self.facts.features)  # inception, synth, effnet-lite2, or oracle
+    headline = property(lambda self: self.facts.headline)  # the sub-result that picks the best checkpoint
 
 
 def _fid_entry(gen: dict, ref: dict, **_: object) -> dict[str, float]:
@@ -241,29 +244,12 @@ def _modes_kl_entry(gen: dict, ref: dict | None = None, **kwargs: Any) -> dict[s
     return {"": s["/kl_uniform"], "/covered": s["/covered"], "/of": s["/of"]}
 
 
-REGISTRY: dict[str, Metric] = {
-    "fid": Metric("fid", "Fréchet Inception Distance of n generated images against the real shards (pool3, "
-                         "2048-d; lower is better).", True, True, _fid_entry),
-    "kid": Metric("kid", "Kernel Inception Distance (unbiased, cubic kernel; subset size <= n, so it works with "
-                         "few images; lower is better).", True, True, _kid_entry),
-    "is": Metric("is", "Inception Score over 10 splits (higher is better; ImageNet classes, so only a rough guide "
-                       "for flowers).", False, False, _is_entry),
-    "prdc": Metric("prdc", f"Precision (fidelity), recall (diversity), density and coverage with k = {PRDC_K} "
-                           "nearest neighbours (higher is better; coverage picks the best checkpoint).", False,
-                   True, _prdc_entry, headline="/coverage"),
-    "synth_fd": Metric("synth_fd", "Fréchet distance in the features of SynthNet, the small CNN `oracle train` "
-                                   "fits on SynthFlowers (128-d; no download; lower is better).", True, True,
-                       _fid_entry, features="synth"),
-    "effnet_fd": Metric("effnet_fd", "Fréchet distance in ImageNet features of EfficientNet-Lite2 (1280-d, weights "
-                                     "from the `photo` extra, no download; sees texture; not FID; lower is "
-                                     "better).", True, True, _fid_entry, features="effnet-lite2"),
-    "modes": Metric("modes", "SynthFlowers modes covered (of 48, read by the mode oracle; higher is better), "
-                             "with KL(modes || uniform).", False, False, _modes_entry, features="oracle",
-                    headline="/covered"),
-    "modes_kl": Metric("modes_kl", "KL(generated SynthFlowers modes || uniform) in nats, read by the mode oracle "
-                                   "(0 = every mode equally often; lower is better).", True, False, _modes_kl_entry,
-                       features="oracle"),
+# The compute function of each metric in flowergan.catalogue (which holds everything else about it).
+COMPUTE: dict[str, Callable[..., dict[str, float]]] = {
+    "fid": _fid_entry, "kid": _kid_entry, "is": _is_entry, "prdc": _prdc_entry, "synth_fd": _fid_entry,
+    "effnet_fd": _fid_entry, "modes": _modes_entry, "modes_kl": _modes_kl_entry,
 }
+REGISTRY: dict[str, Metric] = {name: Metric(facts, COMPUTE[name]) for name, facts in METRICS.items()}
 
 
 def count_suffix(n: int) -> str:

@@ -45,9 +45,9 @@ def checkpoint(run_dir: Path, *, nz: int = 16, ngf: int = 8, ndf: int = 8, resol
     weight_std > 0 redraws G's and G_ema's conv weights with that std, so that an untrained G makes varied,
     saturated pictures instead of DCGAN-init grey (useful when a metric must see differences).
     """
+    from flowergan.artifacts.checkpoint import list_checkpoints, save_checkpoint
     from flowergan.config import Config
     from flowergan.models import build_models
-    from flowergan.train.checkpoint import list_checkpoints, save_checkpoint
 
     root = Path(run_dir) / "checkpoints"
     if list_checkpoints(root):

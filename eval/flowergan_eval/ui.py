@@ -1,4 +1,4 @@
-"""Terminal output of flowergan-eval: progress bars on stderr (stdout stays parseable), tables of numbers."""
+"""Terminal output of flowergan-eval: tables of numbers (progress bars: flowergan.progress, on stderr)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,8 @@ import math
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
-
-from flowergan.progress import progress_bar
-
-
-def progress(enabled: bool = True) -> Progress:
-    """The project's progress bar, drawn on stderr so that `--json` output on stdout stays one JSON object."""
-    bar = progress_bar(enabled)
-    bar.live.console = Console(stderr=True)
-    return bar
 
 
 def fmt(value: Any) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from flowergan.cli import app
+from flowergan.cli.app import app
 
 data_app = typer.Typer(no_args_is_help=True, help="Turn images into validated WebDataset shards.")
 app.add_typer(data_app, name="data")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowergan.cli import app
+from flowergan.cli.app import app
 
 
 @app.command("export")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 import typer
 
-from flowergan.cli import app
+from flowergan.cli.app import app
 from flowergan.errors import UserError
 from flowergan.outputs import check_free, publish, remove, temporary_beside
 
@@ -45,15 +45,16 @@ def sample(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
     """Generate flowers: a grid PNG, individual PNG files, or one npz of uint8, streamed to disk in batches."""
+    from flowergan.artifacts import open_generator
     from flowergan.devices import pick_device
-    from flowergan.generation import iter_samples, load_generator
+    from flowergan.generation import iter_samples
 
     out = out or DEFAULT_OUT[fmt]
     if fmt == "grid" and n > GRID_MAX:
         raise UserError(f"--n {n}: a grid holds at most {GRID_MAX} images; use --format png or npz for more")
     check_free(out, force)
     dev = pick_device(device)
-    G = load_generator(ckpt, ema=not raw, device=dev)
+    G = open_generator(ckpt, ema=not raw, device=dev)
     tmp = temporary_beside(out, directory=fmt == "png")
     try:
         batches = _with_progress(iter_samples(G, n, seed=seed, batch=batch, device=dev), n, progress)
@@ -66,11 +67,9 @@ def sample(
 
 
 def _with_progress(batches: Batches, n: int, enabled: bool) -> Batches:
-    from rich.console import Console
-
     from flowergan.progress import progress_bar
 
-    with progress_bar(enabled, console=Console(stderr=True)) as bar:
+    with progress_bar(enabled, stderr=True) as bar:
         task = bar.add_task("sample", total=n)
         for images in batches:
             yield images

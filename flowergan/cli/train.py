@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowergan.cli import app
+from flowergan.cli.app import app
 from flowergan.cli.options import Address, CpusPerWorker, DryRun, GpusPerWorker, JobFile, Overrides, Workers
 from flowergan.config import Config, describe, load_config
 from flowergan.errors import UserError
@@ -47,7 +47,7 @@ def train(config: JobFile = None, set_: Overrides = [], run_dir: RunDir = None, 
     if ray:
         if dist.launched_by_torchrun():
             raise UserError("--ray starts its own workers: run `flowergan train --ray` once, not under torchrun")
-        from flowergan.train.ray_train import run_ray
+        from flowergan.train.launch.ray_train import run_ray
 
         metrics = run_ray(cfg, resume=resume, make_evaluate=in_training_evaluator)
     elif dist.launched_by_torchrun():
@@ -67,7 +67,7 @@ def _train_torchrun(cfg: Config, resume: bool, evaluate: Evaluate | None) -> dic
     environment, the loop, and the cross-rank consistency check at every checkpoint. Rank 0's metrics; None on
     the other ranks."""
     from flowergan.train import distributed as dist
-    from flowergan.train.consistency import check_ranks_agree
+    from flowergan.train.launch.consistency import check_ranks_agree
     from flowergan.train.loop import train as train_loop
 
     device = dist.init_from_env(cfg.train.device, cfg.cluster.pg_timeout_s)

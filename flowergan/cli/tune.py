@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from flowergan.cli import app
+from flowergan.cli.app import app
 from flowergan.cli.options import Address, CpusPerWorker, DryRun, GpusPerWorker, Overrides, Workers
 from flowergan.config import load_config
 

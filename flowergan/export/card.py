@@ -8,21 +8,22 @@ import json
 import re
 from typing import Any
 
+from flowergan import catalogue
+from flowergan.catalogue import METRICS
 from flowergan.config import Config
 
 # Names of in-training scores as the eval package writes them: fid1k, kid10k, kid1k/std, synth_fd1k,
-# modes1k/covered, modes_kl1k, prdc1k/coverage. (The card cannot ask the eval registry: export never imports it.)
-SCORE = re.compile(r"^(fid|kid|is|prdc|synth_fd|effnet_fd|modes_kl|modes)(\d+)(k?)(/\w+)?$")
-INCEPTION = "Inception-v3 pool3 (2048-d), torch-fidelity's port of the TF 2015-12-05 FID network"
-EXTRACTORS = {"synth_fd": "SynthNet (128-d), trained on the reference SynthFlowers by flowergan-eval",
-              "effnet_fd": "EfficientNet-Lite2 ImageNet features (1280-d), bicubic to 260 px",
-              "modes": "the SynthFlowers mode oracle", "modes_kl": "the SynthFlowers mode oracle"}
+# modes1k/covered, modes_kl1k, prdc1k/coverage; the metric names come from the catalogue (longest first, so
+# modes_kl is not read as modes).
+SCORE = re.compile(rf"^({'|'.join(sorted(METRICS, key=len, reverse=True))})(\d+)(k?)(/\w+)?$")
+INCEPTION = catalogue.EXTRACTORS["inception"]
+EXTRACTORS = {name: catalogue.extractor_label(name) for name, m in METRICS.items() if m.features != "inception"}
 STATISTICS = {"/std": "standard deviation over subsets or splits", "/covered": "modes covered",
               "/kl_uniform": "KL(modes || uniform), nats"}
 
 
 def _extractor(metric: str, cfg: Config) -> dict[str, str]:
-    if metric in ("modes", "modes_kl"):
+    if METRICS[metric].features == "oracle":
         return {"extractor": EXTRACTORS[metric]}
     if metric == "effnet_fd" or cfg.eval.features == "effnet-lite2":
         return {"extractor": EXTRACTORS["effnet_fd"]}

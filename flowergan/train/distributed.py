@@ -1,4 +1,5 @@
-"""Everything that knows about more than one process, in one place (no Ray here: any launcher works).
+"""The collectives and the process group: everything that knows about more than one process, in one place (no
+Ray and no checkpoints here: any launcher works).
 
 Ray Train builds the process group itself; torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR/PORT) gets one from `init_from_env`.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -139,27 +139,3 @@ def all_gather_bytes(payload: bytes, device: torch.device) -> list[bytes]:
     gathered = [torch.empty_like(padded) for _ in lengths]
     dist.all_gather(gathered, padded)
     return [bytes(g[:n].cpu().numpy().tobytes()) for g, n in zip(gathered, lengths)]
-
-
-def resume_point(restored: str | None, run_dir: Path, device: torch.device) -> str | None:
-    """Where to continue: the newer of `restored` (the launcher's checkpoint, e.g. Ray Train's, the same on every
-    rank) and the newest complete checkpoint in `run_dir/checkpoints` as rank 0 sees it. Every rank gets the same
-    answer; a newer run-dir checkpoint that some rank cannot read falls back to `restored`, or is an error."""
-    from flowergan.train.checkpoint import list_checkpoints, step_of  # safetensors: only when resuming
-
-    newest = None
-    if rank() == 0:
-        found = list_checkpoints(run_dir / "checkpoints")
-        newest = str(found[-1]) if found else None
-    local = broadcast_text(newest, device)
-    if local is None or step_of(local) <= step_of(restored):
-        return restored
-    if all_true(torch.tensor(Path(local).is_dir(), device=device)):
-        return local
-    if restored is not None:
-        if rank() == 0:
-            print(f"warning: {local} is newer than {restored} but not visible on every rank; resuming from "
-                  f"{restored} (put log.run_dir on storage all nodes share)", flush=True)
-        return restored
-    raise UserError(f"checkpoint {local} in log.run_dir is not visible on every worker; put log.run_dir on "
-                    "storage shared by all nodes (the PVC) or resume from cluster.storage_path")

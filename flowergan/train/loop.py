@@ -1,10 +1,10 @@
 """The training loop: the same code as a plain process (CPU or one GPU) and as a DDP worker (torchrun, Ray Train).
 
-It knows nothing of Ray or of launchers: `ray_train.py` and the CLI call `train()` in every rank, with an
+It knows nothing of Ray or of launchers: `launch/ray_train.py` and the CLI call `train()` in every rank, with an
 `on_checkpoint` callback. Host syncs happen only at log, sample, checkpoint and evaluation intervals.
-The pieces: `state.TrainState` (what a checkpoint holds), `meters.Meters` (device-side running means),
-`schedule.Schedule` (what is due after a step), `rollback.Rollback`, `checkpointer.Checkpointer`,
-`samples.SampleWriter`.
+The pieces: `gan/step.gan_step` (one step), `state/train_state.TrainState` (what a checkpoint holds),
+`state/checkpoints.CheckpointManager` (save, keep, roll back, resume, load), `observe/meters.Meters` (device-side
+running means), `schedule.Schedule` (what is due after a step), `observe/samples.SampleWriter`.
 """
 
 from __future__ import annotations
@@ -22,22 +22,20 @@ from flowergan.data.loader.protocol import BatchStream
 from flowergan.devices import normalize, pick_device
 from flowergan.errors import UserError
 from flowergan.generation import for_sampling, recompute_bn_stats
-from flowergan.train import checkpoint as ckpt_io
+from flowergan.progress import TrainProgress
 from flowergan.train import distributed as dist
-from flowergan.train import rng
-from flowergan.train.checkpointer import Checkpointer, OnCheckpoint
-from flowergan.train.compiling import compile_nets, cudnn_autotune, pick_memory_format
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
-from flowergan.train.logging import NullLogger
-from flowergan.train.meters import LOGGED, Meters
-from flowergan.train.report import TrainProgress
-from flowergan.train.rollback import Rollback
-from flowergan.train.samples import SampleWriter
+from flowergan.train.gan.compiling import compile_nets, cudnn_autotune, pick_memory_format
+from flowergan.train.gan.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
+from flowergan.train.observe.logs import NullLogger
+from flowergan.train.observe.meters import LOGGED, Meters
+from flowergan.train.observe.samples import SampleWriter
+from flowergan.train.observe.trackers import open_run_logger
 from flowergan.train.schedule import Schedule
-from flowergan.train.state import TrainState, new_state
-from flowergan.train.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
-from flowergan.train.trackers import open_run_logger
+from flowergan.train.state import rng
+from flowergan.train.state.checkpoints import CheckpointManager, OnCheckpoint
+from flowergan.train.state.train_state import TrainState, new_state
 
 __all__ = ["LOGGED", "OnCheckpoint", "total_steps", "train"]
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -54,13 +52,17 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")
     if rank == 0:
         _prepare_run_dir(run_dir)
-    resume_from = _resume_point(run_dir, resume, resume_from, device)
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep=tc.keep_checkpoints, meta={"config": cfg.to_dict()},
+                              retries=tc.nan_retries, seed=tc.seed, on_checkpoint=on_checkpoint)
+    if resume_from is None:  # rank 0's newest intact checkpoint in the run dir (which must be asked for)
+        start = ckpts.resume_point(device, resume=resume)
+        resume_from = Path(start) if start is not None else None
 
     memory_format = pick_memory_format(tc, device)
     state = new_state(cfg, device, memory_format, initial_best(evaluate))
     rng.reseed(tc.seed, rank)  # noise and augmentation: one stream per rank, from torch's global RNG
     if resume_from is not None:
-        _resume(Path(resume_from), cfg, state, rank, world)
+        ckpts.load(Path(resume_from), cfg, state)
     stream = stream or _build_stream(cfg, rank, world, device)
     steps = total_steps(cfg, stream.num_samples)
     schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
@@ -78,9 +80,8 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         (run_dir / "config.toml").write_text(cfg.to_toml())
     z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed))
     samples = SampleWriter(run_dir, log, z_fixed.to(device), cfg.model.g_sample_bn, enabled=rank == 0)
-    checkpointer = Checkpointer(run_dir / "checkpoints", tc.keep_checkpoints, {"config": cfg.to_dict()},
-                                stream.num_samples, writer=rank == 0, on_checkpoint=on_checkpoint)
-    meters, rollback = Meters(device, state.images_seen), Rollback(state, tc.nan_retries, tc.seed, rank)
+    ckpts.attach(state, stream.num_samples)
+    meters = Meters(device, state.images_seen)
     progress = TrainProgress(steps, state.step, enabled=cfg.log.progress and rank == 0)
     batches = iter(stream.iter_from(state.step * tc.d_steps))
     metrics: dict[str, float] = {}
@@ -96,7 +97,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
             if not due.anything:
                 continue
             if not meters.all_finite():  # one host sync: finite on every rank since the last check?
-                progress.say(rollback.roll_back())
+                progress.say(ckpts.roll_back())
                 meters.reset(state.images_seen)
                 progress.rewind(state.step)
                 batches = iter(stream.iter_from(state.step * tc.d_steps))
@@ -113,8 +114,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
             if due.checkpoint:
                 if state.G_ema is not None and cfg.model.g_sample_bn == "batch":
                     recompute_bn_stats(state.G_ema)  # training-neutral: ema_update overwrites these buffers
-                checkpointer.save(state, dict(metrics), best)
-                rollback.keep()
+                ckpts.save(dict(metrics), best)
     finally:
         progress.stop()
         log.close()
@@ -142,10 +142,10 @@ class _Step:
     total: int  # the run's last step, where `optim.lr_decay_steps` ends
 
     def __post_init__(self) -> None:
-        from flowergan.train.augment import make_augment
+        from flowergan.train.gan.augment import make_augment
 
         tc = self.cfg.train
-        self.targets = Targets(tc.real_label, tc.fake_label, tc.g_target)
+        self.targets = Targets.of(tc)
         self.augment: Callable[[torch.Tensor], torch.Tensor] | None = \
             make_augment(tc.diffaugment) if tc.diffaugment else None
 
@@ -200,28 +200,6 @@ def _prepare_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"log.run_dir: cannot write to {run_dir} ({e.strerror}); choose another --run-dir") from None
-
-
-def _resume_point(run_dir: Path, resume: bool, resume_from: Path | None, device: torch.device) -> Path | None:
-    """The checkpoint to continue from, the same on every rank: the given one, or rank 0's newest in the run dir
-    (which must be asked for with `resume`)."""
-    if resume_from is not None:
-        return resume_from
-    found = ckpt_io.list_checkpoints(run_dir / "checkpoints") if dist.rank() == 0 else []
-    newest = dist.broadcast_text(str(found[-1]) if found else None, device)
-    if newest is not None and not resume:
-        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue from "
-                        f"{Path(newest).name}, or choose a new --run-dir")
-    return Path(newest) if newest is not None else None
-
-
-def _resume(ckpt: Path, cfg: Config, state: TrainState, rank: int, world: int) -> None:
-    """Load `ckpt` into `state`; across world sizes, re-derive each rank's noise stream and say so in one line."""
-    note = ckpt_io.load_state(ckpt, cfg, state, rank, world)
-    if note is not None:
-        rng.reseed(cfg.train.seed, rank, state.step)
-        if rank == 0:
-            print(f"note: {note}", flush=True)
 
 
 def _build_stream(cfg: Config, rank: int, world: int, device: torch.device) -> BatchStream:

@@ -24,9 +24,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
-from flowergan.train import mlflow_repair
-from flowergan.train.ray_train import MakeEvaluate, resolve_paths
-from flowergan.train.trackers import backends, check_installed
+from flowergan.train.launch.ray_train import MakeEvaluate, resolve_paths
+from flowergan.train.observe import mlflow_repair
+from flowergan.train.observe.trackers import backends, check_installed
 from flowergan.tune import results as R
 from flowergan.tune.space import Param, apply_params, describe, grid_size
 from flowergan.tune.trial import run_dir_of, run_trial, trial_name

@@ -18,7 +18,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from flowergan.config import from_dict
-from flowergan.train.ray_train import MakeEvaluate, run_ray
+from flowergan.train.launch.ray_train import MakeEvaluate, run_ray
 from flowergan.tune.space import apply_params
 
 

@@ -18,8 +18,8 @@ import torch
 from flowergan.data.loader import shard_reader, workers
 from flowergan.data.loader.plan import Plan
 from flowergan.data.loader.protocol import Batch
-from flowergan.data.loader.streamed import decode_or_fail
 from flowergan.data.loader.transform import batch_seed, to_device, to_float
+from flowergan.data.loader.uncached import decode_or_fail
 from flowergan.errors import UserError
 
 

@@ -1,7 +1,7 @@
 """One rank's batch stream: `build_stream` turns `[data]` + a manifest into a Plan and a loader behind `Stream`.
 
 `Stream` is what the training loop sees (`protocol.BatchStream`): equal batches per rank, deterministic, resumable.
-Which samples make each batch is `plan.py`; how they get there is `streamed.py` (read shards as you go,
+Which samples make each batch is `plan.py`; how they get there is `uncached.py` (read shards as you go,
 `data.cache = "none"`) or `cached.py` (decode once, keep in RAM or on the GPU; it also resolves "auto").
 Shard URLs: local paths, `file://`, `pipe:` commands with a `{file}` placeholder, http(s) and fsspec URLs, all
 opened by `shard_reader.py`. Rank and world size come from the caller: no Ray or torch.distributed import here.
@@ -22,7 +22,7 @@ from flowergan.data.format import MAKE_HINT, read_manifest, shard_url
 from flowergan.data.loader.cached import CachedBatches, check_memory, resolve_cache
 from flowergan.data.loader.plan import Plan
 from flowergan.data.loader.protocol import Batch
-from flowergan.data.loader.streamed import ShardBatches
+from flowergan.data.loader.uncached import ShardBatches
 from flowergan.devices import normalize
 from flowergan.errors import UserError
 

@@ -7,7 +7,7 @@ import time
 import torch
 
 from flowergan.train import distributed as dist
-from flowergan.train.step import StepOutput
+from flowergan.train.gan.step import StepOutput
 
 LOGGED = ("Loss/D", "Loss/G", "D/real", "D/fake_before", "D/fake_after")
 EPOCH = {"Epoch/Loss_D": 0, "Epoch/Loss_G": 1, "Epoch/D_real": 2, "Epoch/D_fake_after": 4}  # tag -> LOGGED index

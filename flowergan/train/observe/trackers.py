@@ -14,22 +14,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from flowergan.config import Config, LogConfig
 from flowergan.errors import UserError
-from flowergan.train import mlflow_repair
-from flowergan.train.logging import RunLogger
+from flowergan.train.observe import mlflow_repair
+from flowergan.train.observe.logs import RunLogger, Tracker
 
 EXTRAS = {"mlflow": ("mlflow", "flowergan[mlflow]"), "wandb": ("wandb", "flowergan[wandb]")}  # module, extra
-
-
-class Tracker(Protocol):
-    """What RunLogger forwards scalars to."""
-
-    def scalars(self, step: int, values: dict[str, float]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def backends(log: LogConfig) -> list[str]:

@@ -1,4 +1,5 @@
-"""The streaming loader (`data.cache = "none"`): each loader worker reads its pieces of the shards per the Plan.
+"""The uncached loader (`data.cache = "none"`, beside cached.py): each loader worker reads its pieces of the shards
+as it goes, per the Plan.
 
 Batch j is built by worker stream j % W from the samples `Plan.pieces` names, shuffled in a seeded buffer; a
 resumed stream reads (but never decodes) the batches before its start within that epoch, and skips whole epochs

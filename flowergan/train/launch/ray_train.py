@@ -27,12 +27,12 @@ import ray.train
 import torch
 from torch import nn
 
+from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.config import Config, from_dict
 from flowergan.errors import UserError
-from flowergan.train import checkpoint as ckpt_io
-from flowergan.train import distributed as dist
-from flowergan.train.consistency import check_ranks_agree, params_digest
 from flowergan.train.faults import maybe_inject_fault
+from flowergan.train.launch.consistency import check_ranks_agree, params_digest
+from flowergan.train.state.checkpoints import CheckpointManager
 
 try:  # Train V2 names (Ray >= 2.43, on by default since 2.60); V1 (RAY_TRAIN_V2_ENABLED=0) lacks them
     from ray.train import (
@@ -137,11 +137,15 @@ def _other_run(ckpt: Path, cfg: Config) -> str | None:
 
 def _launch_plan(cfg: Config, resume: bool) -> str:
     """Where the workers will start, as one line for the log: the newer of Ray storage's newest checkpoint and the
-    run dir's (what `resume_point` picks in the workers). Another run's checkpoints need --resume."""
+    run dir's newest intact one (what `CheckpointManager.resume_point` picks in the workers). Another run's
+    checkpoints need --resume."""
     where = f"{cfg.cluster.storage_path.rstrip('/')}/{cfg.cluster.name}"
     in_storage = stored_checkpoints(cfg.cluster.storage_path, cfg.cluster.name)
     newest = in_storage[-1] if in_storage else None
-    local = ckpt_io.list_checkpoints(Path(cfg.log.run_dir) / "checkpoints") if not _is_uri(cfg.log.run_dir) else []
+    # The run dir's newest intact checkpoint, as the workers' resume point will take it (a damaged one is skipped).
+    intact = None if _is_uri(cfg.log.run_dir) else \
+        CheckpointManager(Path(cfg.log.run_dir) / "checkpoints").newest_intact()[0]
+    local = [intact] if intact is not None else []
     if not local or ckpt_io.step_of(local[-1]) <= ckpt_io.step_of(newest):
         if newest:
             return f"Resuming from {newest} in {where} (Ray storage)"
@@ -295,7 +299,8 @@ def _train_worker(config: dict[str, Any]) -> None:
 
     with contextlib.ExitStack() as stack:
         restored = ray.train.get_checkpoint()
-        start = dist.resume_point(restored.path if restored is not None else None, Path(cfg.log.run_dir), device)
+        manager = CheckpointManager(Path(cfg.log.run_dir) / "checkpoints")
+        start = manager.resume_point(device, restored=restored.path if restored is not None else None)
         resume_from = None
         if start is not None:
             in_ray = restored is not None and start == restored.path

@@ -17,10 +17,9 @@ from torch import nn
 
 from flowergan.config import Config
 from flowergan.models import build_models
-from flowergan.train import rng
-from flowergan.train.step import Precision, resolve_amp
+from flowergan.train.gan.step import Precision, resolve_amp
+from flowergan.train.state import rng
 
-NETS = ("G", "D", "G_ema")
 OPTIMIZERS = ("opt_g", "opt_d")
 
 

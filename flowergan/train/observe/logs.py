@@ -9,14 +9,11 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from flowergan.outputs import write_atomic
-
-if TYPE_CHECKING:
-    from flowergan.train.trackers import Tracker
 
 
 def _trim_jsonl(path: Path, first_new: int) -> None:
@@ -32,6 +29,14 @@ def _trim_jsonl(path: Path, first_new: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     write_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+class Tracker(Protocol):
+    """What RunLogger forwards scalars to."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class NullLogger:

@@ -1,16 +1,22 @@
-"""Full-state checkpoints that never unpickle: safetensors weights, tensors-only torch.save, JSON.
+"""The checkpoint format, and reading and checking it: safetensors weights, tensors-only torch.save, JSON, sha256.
 
 A checkpoint is a directory `step-00001000/` holding
   models.safetensors  G.*, D.*, G_ema.* (state dicts with BatchNorm buffers)
   optim.pt            both optimizers, the AMP scaler and the RNG states of every rank (a list in rank order):
                       tensors and numbers only, read back with torch.load(weights_only=True)
   state.json          step, images seen, best score so far, world size, the resolved config, package version,
-                      metrics
-It is written to a temporary directory and renamed into place, so a crash never leaves half of one.
+                      metrics, and `"checksums": "SHA256SUMS"`
+  SHA256SUMS          the sha256 of the three files above, in `sha256sum` format (`sha256sum -c SHA256SUMS`)
+It is written to a temporary directory and renamed into place, so a crash never leaves half of one; what happens
+to it afterwards (a truncated copy, a flipped bit, a lost file) shows as a mismatch with SHA256SUMS, and every
+load checks it first. Checkpoints written before SHA256SUMS existed (state.json without "checksums") still load,
+unverified. Training's `CheckpointManager` (flowergan/train/state/checkpoints.py) decides when to write, keep,
+roll back and resume; this module knows only the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,12 +35,11 @@ from flowergan.config import Config, ConfigError, from_dict
 from flowergan.errors import UserError
 from flowergan.models import Discriminator, Generator, build_models
 from flowergan.outputs import swap_in
-from flowergan.train import rng
-from flowergan.train.rng import RngState
-from flowergan.train.state import NETS, TrainState
 
-WEIGHTS, OPTIM, STATE = "models.safetensors", "optim.pt", "state.json"
+WEIGHTS, OPTIM, STATE, SUMS = "models.safetensors", "optim.pt", "state.json", "SHA256SUMS"
+FILES = (WEIGHTS, OPTIM, STATE)
 PREFIX = "step-"
+NETS = ("G", "D", "G_ema")
 
 
 def step_dir_name(step: int) -> str:
@@ -59,12 +64,21 @@ def save_checkpoint(root: Path, *, step: int, models: dict[str, nn.Module], opti
     return _write(root, step, {k: m.state_dict() for k, m in models.items()}, optim, state)
 
 
-def save_state(root: Path, sd: dict[str, Any], rngs: list[RngState], meta: dict[str, Any]) -> Path:
+def save_state(root: Path, sd: dict[str, Any], rngs: list[dict[str, torch.Tensor]], meta: dict[str, Any]) -> Path:
     """Write a `TrainState.state_dict()` as a checkpoint; `rngs` holds every rank's RNG state in rank order."""
     best = sd["best"] if math.isfinite(sd["best"]) else None  # JSON has no infinity
     optim = {"opt_g": sd["opt_g"], "opt_d": sd["opt_d"], "scaler": sd["scaler"], "rng": rngs}
     state = {**meta, "images_seen": sd["images_seen"], "best": best, "world_size": len(rngs)}
     return _write(root, sd["step"], {k: sd[k] for k in NETS if k in sd}, optim, state)
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (disk speed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _write(root: Path, step: int, nets: dict[str, dict[str, torch.Tensor]], optim: dict[str, Any],
@@ -79,8 +93,9 @@ def _write(root: Path, step: int, nets: dict[str, dict[str, torch.Tensor]], opti
         save_file(tensors, str(tmp / WEIGHTS))
         torch.save(optim, tmp / OPTIM)
         meta = {**state, "step": step, "version": flowergan.__version__, "torch": torch.__version__,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checksums": SUMS}
         (tmp / STATE).write_text(json.dumps(meta, indent=1))
+        (tmp / SUMS).write_text("".join(f"{sha256_of(tmp / name)}  {name}\n" for name in FILES))
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -93,17 +108,22 @@ def _write(root: Path, step: int, nets: dict[str, dict[str, torch.Tensor]], opti
     return final
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first (temporary directories are skipped)."""
+def step_dirs(root: Path) -> list[Path]:
+    """Every checkpoint directory under `root`, whole or damaged, oldest first (temporary directories skipped)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if step_of(p) >= 0 and (p / STATE).is_file()]
-    return sorted(found, key=step_of)
+    return sorted((p for p in root.iterdir() if step_of(p) >= 0 and p.is_dir()), key=step_of)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root` (those with a state.json), oldest first; `damage` says if they are
+    intact."""
+    return [p for p in step_dirs(root) if (p / STATE).is_file()]
 
 
 def prune(root: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (and stale temporary directories); never `best`."""
-    for old in list_checkpoints(root)[:-keep]:
+    for old in step_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in root.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,6 +135,54 @@ def mark_best(ckpt: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=ckpt.parent))
     shutil.copytree(ckpt, tmp, dirs_exist_ok=True)
     return swap_in(tmp, best)
+
+
+def has_checksums(ckpt: Path) -> bool:
+    """Whether the checkpoint was written with a SHA256SUMS record (every one since the record exists)."""
+    if (ckpt / SUMS).is_file():
+        return True
+    try:
+        return "checksums" in json.loads((ckpt / STATE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def damage(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint's files (missing, truncated or altered, unexpected), or None when every file
+    matches its recorded sha256; a checkpoint from before the record is checked for its files only."""
+    if not ckpt.is_dir():
+        return "not a directory"
+    present = {p.name for p in ckpt.iterdir() if not p.name.startswith(".")}
+    if STATE not in present:
+        return f"{STATE} is missing"
+    if not has_checksums(ckpt):  # the layout before SHA256SUMS: nothing to compare with
+        lost = [name for name in FILES if name not in present]
+        return f"{lost[0]} is missing" if lost else None
+    try:
+        lines = (ckpt / SUMS).read_text().splitlines()
+        record = {name: digest for digest, name in (line.split("  ", 1) for line in lines if line)}
+    except FileNotFoundError:
+        return f"{SUMS} is missing"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"{SUMS} is unreadable"
+    for name in FILES:
+        if name not in record:
+            return f"{SUMS} does not list {name}"
+        if name not in present:
+            return f"{name} is missing"
+        if sha256_of(ckpt / name) != record[name]:
+            return f"{name} does not match its sha256 (truncated or altered)"
+    extra = sorted(present - set(record) - {SUMS})
+    if extra:
+        return f"unexpected file {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    return None
+
+
+def check(ckpt: Path) -> None:
+    """Raise a one-line UserError when `damage` finds something wrong with the checkpoint."""
+    problem = damage(ckpt)
+    if problem is not None:
+        raise UserError(f"checkpoint {ckpt} is damaged: {problem}")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -150,11 +218,21 @@ def checkpoint_config(ckpt: Path) -> Config:
         raise UserError(f"{ckpt / STATE}: config missing or invalid ({e})") from None
 
 
-def _load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Every network's weights of a checkpoint (checked against SHA256SUMS first)."""
+    check(ckpt)
     try:
         return load_file(str(ckpt / WEIGHTS))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise UserError(f"{ckpt / WEIGHTS}: cannot read weights ({e})") from None
+
+
+def read_optim(ckpt: Path) -> dict[str, Any]:
+    """optim.pt: both optimizers, the AMP scaler, the RNG states (tensors and numbers only)."""
+    try:
+        return torch.load(ckpt / OPTIM, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{ckpt / OPTIM}: cannot read optimizer state ({e})") from None
 
 
 def _subset(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -177,51 +255,25 @@ def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], name: str, ck
         raise UserError(f"checkpoint {ckpt} was made for a different architecture: {detail}") from None
 
 
-def load_state(ckpt: Path, cfg: Config, state: TrainState, rank: int, world: int) -> str | None:
-    """Load `ckpt` into `state` (this rank's own RNG state when the world size is the one it was saved with).
-    Returns None, or one line saying the noise streams must be re-derived (another world size, or a checkpoint
-    without RNG states): the caller reseeds and continues."""
-    tensors = _load_weights(ckpt)
-    for name, module in state.nets.items():
-        load_into(module, tensors, name, ckpt, cfg)  # an architecture mismatch is one line, before anything else
-    try:
-        extra = torch.load(ckpt / OPTIM, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{ckpt / OPTIM}: cannot read optimizer state ({e})") from None
-    meta = read_state(ckpt)
-    rngs = extra.get("rng")
-    rngs = rngs if isinstance(rngs, list) else [rng.from_legacy(rngs)] if isinstance(rngs, dict) else []
-    saved_best = meta.get("best")
-    sd = {**{k: state.nets[k].state_dict() for k in state.nets}, "opt_g": extra["opt_g"], "opt_d": extra["opt_d"],
-          "scaler": extra["scaler"], "step": meta["step"], "images_seen": meta["images_seen"],
-          "best": state.best if saved_best is None else saved_best,
-          "rng": rngs[rank] if len(rngs) == world else None}
-    state.load_state_dict(sd)
-    if len(rngs) == world:
-        return None
-    saved = f"{len(rngs)} rank(s)" if rngs else "a run that kept no RNG states"
-    return (f"{ckpt.name} was saved by {saved} and resumes with {world}: noise streams are re-derived from "
-            "train.seed and the step, so the run continues but is not bit-identical to an uninterrupted one")
-
-
-def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+def read_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
                    ) -> tuple[Generator, Config]:
-    """G (its EMA by default) of a checkpoint or a run dir's newest checkpoint, in eval mode."""
+    """G (its EMA by default) of a checkpoint or a run dir's newest checkpoint as stored, in eval mode, with the
+    checkpoint's config (`flowergan.artifacts.open_generator` is the sampling-ready G of any artifact)."""
     ckpt = resolve_checkpoint(path)
     cfg = checkpoint_config(ckpt)
     G, _ = build_models(cfg.model)
-    tensors = _load_weights(ckpt)
+    tensors = load_weights(ckpt)
     name = "G_ema" if ema and any(k.startswith("G_ema.") for k in tensors) else "G"
     load_into(G, tensors, name, ckpt, cfg)
     return G.to(device).eval(), cfg
 
 
-def load_discriminator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Discriminator, Config]:
+def read_discriminator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Discriminator, Config]:
     """D of a checkpoint or a run dir's newest checkpoint, in eval mode."""
     ckpt = resolve_checkpoint(path)
     cfg = checkpoint_config(ckpt)
     _, D = build_models(cfg.model)
-    load_into(D, _load_weights(ckpt), "D", ckpt, cfg)
+    load_into(D, load_weights(ckpt), "D", ckpt, cfg)
     return D.to(device).eval(), cfg
 
 
@@ -229,5 +281,5 @@ def has_ema(ckpt: Path) -> bool:
     """Whether the checkpoint holds G_ema (the run kept an EMA of G); reads the weight names only."""
     from safetensors import safe_open
 
-    with safe_open(str(ckpt / "models.safetensors"), framework="pt") as f:
+    with safe_open(str(ckpt / WEIGHTS), framework="pt") as f:
         return any(k.startswith("G_ema.") for k in f.keys())

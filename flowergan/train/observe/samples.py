@@ -9,7 +9,7 @@ from torch import nn
 
 from flowergan import visuals
 from flowergan.generation import for_sampling
-from flowergan.train.logging import NullLogger
+from flowergan.train.observe.logs import NullLogger
 
 
 class SampleWriter:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowergan.config import TrainConfig
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -22,6 +24,11 @@ class Targets:
     real: float = 0.9
     fake: float = 0.1
     g: float = 1.0
+
+    @classmethod
+    def of(cls, tc: TrainConfig) -> Targets:
+        """The loss settings of the [train] section (a new loss option is a field here and one in config.py)."""
+        return cls(tc.real_label, tc.fake_label, tc.g_target)
 
 
 @dataclass
