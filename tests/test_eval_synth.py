@@ -60,7 +60,7 @@ def test_config_accepts_every_registry_entry_and_names_them_when_wrong():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["eval.metric=lpips"])
     assert str(e.value).endswith("eval.metric: 'lpips' is not allowed; choose one of: "
-                            "fid, kid, is, prdc, synth_fd, modes, modes_kl")
+                            "fid, kid, is, prdc, synth_fd, effnet_fd, modes, modes_kl")
 
 
 def test_mode_metrics_are_pure_functions_of_predicted_modes():
@@ -193,7 +193,8 @@ def test_features_names_what_is_allowed(tmp_path_factory):
     r = CliRunner().invoke(app, ["kid", "--ckpt", str(run), "--data", str(data), "--n", "8", "--features", "nope",
                                  "--no-progress"])
     assert isinstance(r.exception, UserError)  # the console script prints it as one line, exit 2
-    assert "--features nope: not inception, synth, or an existing file" in str(r.exception)
+    assert ("--features nope: not one of inception, synth, effnet-lite2, effnet-lite1, nor an existing file"
+            in str(r.exception))
 
 
 # ---------------------------------------------------------------- the done condition
