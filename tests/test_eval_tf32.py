@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flowergan_eval.features import _full_fp32
+from flowergan_eval.features import full_fp32
 
 conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
 NEW_API = hasattr(getattr(conv, "conv", None), "fp32_precision")
@@ -28,14 +28,14 @@ def test_guard_uses_fp32_precision_and_restores_it(restore_flags) -> None:
     conv.conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
     with pytest.raises(RuntimeError):
         _ = matmul.allow_tf32
-    with _full_fp32(torch.device("cuda")):  # the flags are process-wide: settable without a GPU
+    with full_fp32(torch.device("cuda")):  # the flags are process-wide: settable without a GPU
         assert (conv.conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
     assert (conv.conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
 
 
 def test_guard_leaves_cpu_runs_alone(restore_flags) -> None:
     before = (conv.conv.fp32_precision, matmul.fp32_precision) if NEW_API else (conv.allow_tf32, matmul.allow_tf32)
-    with _full_fp32(torch.device("cpu")):
+    with full_fp32(torch.device("cpu")):
         now = (conv.conv.fp32_precision, matmul.fp32_precision) if NEW_API else (conv.allow_tf32, matmul.allow_tf32)
         assert now == before
 

@@ -204,7 +204,7 @@ def report_metrics(features: str) -> list[str]:
     IS (it needs ImageNet logits)."""
     if features in ("", "inception"):
         return ["fid", "kid", "is", "prdc"]
-    own = next((name for name, m in M.REGISTRY.items() if m.features == features and name != "kid"), "fid")
+    own = next((name for name, m in M.REGISTRY.items() if m.features == features), "fid")
     return [own, "kid", "prdc"]
 
 

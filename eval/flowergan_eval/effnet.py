@@ -23,6 +23,7 @@ from torch import nn
 
 from flowergan.errors import UserError
 from flowergan_eval import weights as W
+from flowergan_eval.features import full_fp32
 
 # name -> (architecture name, weights package, its accessor class, input size)
 VARIANTS = {
@@ -106,9 +107,7 @@ class EffNetExtractor:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        from flowergan_eval.features import _full_fp32
-
-        with _full_fp32(self.device):
+        with full_fp32(self.device):
             fmap = self.net.extract_features(self.preprocess(images))
         return fmap.float().mean(dim=(2, 3)), None
 

@@ -116,13 +116,13 @@ class InceptionExtractor:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        with _full_fp32(self.device):
+        with full_fp32(self.device):
             pool, logits = self.net(images.to(self.device, non_blocking=True))
         return pool.float(), logits.float()
 
 
 @contextlib.contextmanager
-def _full_fp32(device: torch.device) -> Iterator[None]:
+def full_fp32(device: torch.device) -> Iterator[None]:
     """IEEE fp32 for the convolutions *and* the logits matmul while the extractor runs on a GPU, restoring what
     was set: TF32 (a 10-bit mantissa) is cuDNN's default on Ampere and later, and FID is defined in fp32.
 
