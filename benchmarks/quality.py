@@ -35,6 +35,7 @@ instead of training it again from step 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -104,13 +105,20 @@ def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> di
     if synth:
         s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device="cpu", seed=0)
         return {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
-    from flowergan_eval.real import load_real, open_real
+    from flowergan_eval.real import open_real
 
     real = open_real(data)
     images = list(iter_samples(G, n, seed=0))
     fd, _ = api.registry_scores("effnet_fd", images, real, device=torch.device("cpu"))
-    reals, _ = load_real(real, n=n)
-    return {**fd, "lattice": round(fine_share(torch.cat(images)) / fine_share(reals), 3)}
+    return {**fd, "lattice": round(fine_share(torch.cat(images)) / real_fine_share(data, n), 3)}
+
+
+@functools.lru_cache(maxsize=4)
+def real_fine_share(data: str, n: int) -> float:
+    """`fine_share` of the first n real images, decoded once per run (a curve scores every kept checkpoint)."""
+    from flowergan_eval.real import load_real, open_real
+
+    return fine_share(load_real(open_real(data), n=n)[0])
 
 
 def fine_share(images: torch.Tensor, period: float = 4.0) -> float:
