@@ -69,7 +69,9 @@ class ModelConfig:
     g_upsample: str = _f("deconv", "G's 2x upsampling: deconv = Radford's stride-2 transposed convolution; "
                          "resize-conv = nearest-neighbour 2x then a stride-1 convolution (Odena et al. 2016: "
                          "no checkerboard from uneven kernel overlap); resize-conv-last = deconv inside, resize-conv "
-                         "for the RGB layer only", choices=("deconv", "resize-conv", "resize-conv-last"))
+                         "for the RGB layer only; deconv-blur = deconv then a fixed [1,2,1] low-pass (StyleGAN2), which "
+                         "cannot pass a period-2 lattice",
+                         choices=("deconv", "resize-conv", "resize-conv-last", "deconv-blur"))
     g_sample_bn: str = _f("eval", "G's BatchNorm when sampling: eval = the running statistics of training; "
                           "batch = statistics recomputed from G's own batches of z (then eval mode)",
                           choices=("eval", "batch"))

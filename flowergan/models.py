@@ -34,22 +34,46 @@ def _n_blocks(resolution: int) -> int:
     return n
 
 
-UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last")
+UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last", "deconv-blur")
+
+
+class Blur(nn.Module):
+    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass on each channel, the FIR filter StyleGAN2 runs after every
+    upsampling. Its response at the Nyquist frequency is 0, so the period-2 lattice a stride-2 transposed
+    convolution draws cannot pass, while the layer keeps the transposed convolution's learning dynamics."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        tap = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (tap[:, None] * tap[None, :]) / 16
+        # Not persistent: a constant, so checkpoints and exports carry no extra tensor for it.
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Replicate padding: zero padding would darken a one-pixel frame around every image.
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
 
 
 def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
     """One 2x upsampling layer. deconv: kernel 4, stride 2, padding 1 doubles (kernel 5 needs output_padding 1).
     resize-conv (Odena et al. 2016): a stride-2 transposed kernel of size 4 or 5 covers output pixels unevenly
     (alternately 1 and 2 or 2 and 3 taps per axis), which draws a checkerboard; nearest 2x then an odd,
-    stride-1 kernel (3 for kernel 4, 5 for 5) covers every pixel alike."""
+    stride-1 kernel (3 for kernel 4, 5 for 5) covers every pixel alike. deconv-blur: Radford's deconv, then a
+    fixed low-pass that removes what it draws at period 2 (StyleGAN2's upsampling)."""
     if mode == "resize-conv":
         k = kernel - 1 if kernel % 2 == 0 else kernel
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                              nn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False))
-    if mode != "deconv":
+    if mode not in ("deconv", "deconv-blur"):
         raise ValueError(f"upsample must be one of {UPSAMPLE}, got {mode!r}")
     pad, out_pad = (1, 0) if kernel == 4 else (2, 1)
-    return nn.ConvTranspose2d(c_in, c_out, kernel, 2, pad, output_padding=out_pad, bias=False)
+    deconv = nn.ConvTranspose2d(c_in, c_out, kernel, 2, pad, output_padding=out_pad, bias=False)
+    return nn.Sequential(deconv, Blur(c_out)) if mode == "deconv-blur" else deconv
 
 
 def _down(c_in: int, c_out: int, kernel: int) -> nn.Conv2d:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from flowergan.config import ModelConfig
-from flowergan.models import Discriminator, Generator, MinibatchStd, _n_blocks, _up, build_models, init_weights
+from flowergan.models import Blur, Discriminator, Generator, MinibatchStd, _n_blocks, _up, build_models, init_weights
 
 OPTIONS = [
     {},
@@ -23,6 +23,7 @@ OPTIONS = [
     {"g_upsample": "resize-conv"},
     {"g_upsample": "resize-conv", "kernel": 5},
     {"g_upsample": "resize-conv-last"},
+    {"g_upsample": "deconv-blur"},
     {"kernel": 5, "d_dropout": 0.1, "d_input_dropout": 0.5, "d_head": "dense", "spectral_norm": True},
 ]
 
@@ -242,7 +243,7 @@ def test_deconv_draws_a_lattice_from_a_flat_input_and_resize_conv_does_not(kerne
     then a stride-1 conv computes every pixel with the whole kernel, so a flat input stays flat."""
     torch.manual_seed(0)
     flat = torch.ones(1, 2, 8, 8)
-    for mode in ("deconv", "resize-conv"):
+    for mode in ("deconv", "resize-conv", "deconv-blur"):
         layer = _up(2, 1, kernel, mode)
         with torch.no_grad():
             out = layer(flat)
@@ -266,3 +267,16 @@ def test_g_upsample_builds_the_layers_it_names() -> None:
     mixed, _ = build_models(_cfg(64, g_upsample="resize-conv-last"))
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in mixed.modules()) == 4  # the seed and three doublings
     assert isinstance(mixed.main[-2][0], nn.Upsample)  # only the RGB layer resizes
+    blurred, _ = build_models(_cfg(64, g_upsample="deconv-blur"))
+    assert sum(isinstance(m, Blur) for m in blurred.modules()) == 4  # after each doubling, the RGB layer's too
+    assert not any("kernel" in k for k in blurred.state_dict())  # a constant: checkpoints carry no extra tensor
+
+
+def test_blur_removes_a_period_2_lattice_and_keeps_a_flat_image() -> None:
+    """[1, 2, 1] has zero response at Nyquist: a checkerboard on a flat field comes out as the flat field."""
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2 - 1
+    out = Blur(3)(flat + 0.1 * checker)
+    assert out.shape == flat.shape
+    # The border's replicated padding copies a pixel onto its own neighbour, so only the interior is exact.
+    assert torch.allclose(out[..., 1:-1, 1:-1], flat[..., 1:-1, 1:-1], atol=1e-6)
