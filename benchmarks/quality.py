@@ -68,8 +68,8 @@ def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path)
         sets = [f"{s}.{k}={_text(v)}" for s in RECIPE_SECTIONS for k, v in job.to_dict()[s].items()
                 if not (s == "train" and k in ("epochs", "steps", "checkpoint_every", "keep_checkpoints", "device"))]
     sets += [f"data.path={data}", "data.cache=memory", "data.workers=0", f"train.steps={args.steps}",
-             "train.epochs=0", f"train.batch_size={args.batch}", f"train.seed={args.seed}", "train.device=cpu",
-             f"train.checkpoint_every={args.every or args.steps}",
+             "train.epochs=0", f"train.batch_size={args.batch}", f"train.seed={args.seed}",
+             f"train.device={args.device}", f"train.checkpoint_every={args.every or args.steps}",
              f"train.keep_checkpoints={args.steps // args.every + 1 if args.every else 1}", f"log.run_dir={run_dir}",
              "log.every=50", f"log.sample_every={args.steps}", "log.tensorboard=false", "log.progress=false",
              "eval.every=0", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}", "model.resolution=64"]
@@ -97,19 +97,21 @@ def real_shards(path: str, out: Path) -> str:
     return str(shards)
 
 
-def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool) -> dict[str, float]:
+def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool, device: str = "cpu"
+          ) -> dict[str, float]:
     """SynthFlowers: synth-FD, modes covered and KL (`flowergan_eval.api.synth_scores`). Photos: effnet-FD, the FD
     in ImageNet EfficientNet-Lite2 features, and the lattice ratio (the oracle's modes mean nothing there)."""
     from flowergan_eval import api
 
+    G = G.to(device)
     if synth:
-        s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device="cpu", seed=0)
+        s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device=device, seed=0)
         return {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
     from flowergan_eval.real import open_real
 
     real = open_real(data)
     images = list(iter_samples(G, n, seed=0))
-    fd, _ = api.registry_scores("effnet_fd", images, real, device=torch.device("cpu"))
+    fd, _ = api.registry_scores("effnet_fd", images, real, device=torch.device(device))
     return {**fd, "lattice": round(fine_share(torch.cat(images)) / real_fine_share(data, n), 3)}
 
 
@@ -177,7 +179,7 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
         grid = visuals.to_grid(G(z))
     visuals.save_png(grid, out / f"quality-{args.tag + '-' if args.tag else ''}{name}.png")
     t1 = time.perf_counter()
-    metrics = score(G, cfg, data, args.n, synth)
+    metrics = score(G, cfg, data, args.n, synth, args.device)
     row = {"recipe": name, "tag": args.tag, "steps": args.steps, "ngf": args.ngf, "batch": args.batch,
            "sets": list(args.tutorial_set) if name == "tutorial" else list(args.set), "train_s": round(train_s, 1),
            "eval_s": round(time.perf_counter() - t1, 1), "img_per_s": round(args.steps * args.batch / train_s, 1),
@@ -233,7 +235,8 @@ def curve(name: str, args: argparse.Namespace, cfg: Config, run_dir: Path, data:
                 continue
             trained, _ = load_generator(ckpt, ema=cfg.train.ema)
             row = {"recipe": name, "tag": args.tag, "step": step_of(ckpt),
-                   **score(for_sampling(trained, cfg.model.g_sample_bn).eval(), cfg, data, args.n, synth)}
+                   **score(for_sampling(trained, cfg.model.g_sample_bn).eval(), cfg, data, args.n, synth,
+                           args.device)}
             f.write(json.dumps(row) + "\n")
             rows.append(row)
     rows.sort(key=lambda r: r["step"])
@@ -286,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
                     "(the curve; with SynthFlowers it names the step at which the targets are first met)")
     ap.add_argument("--extend", action="store_true", help="continue a recipe's earlier run of the same recipe "
                     "to --steps from its newest checkpoint instead of training again from step 0")
+    ap.add_argument("--device", default="cpu", help="where both recipes train and are scored (cpu, cuda): the "
+                    "full photo budget takes about 2 hours on 2 CPU cores and minutes on one GPU")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a busy "
                     "machine, where OpenMP spin-waits)")
     args = ap.parse_args(argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,7 @@ from flowergan_eval import effnet
 from flowergan_eval.extractors import load_extractor
 from flowergan_eval.metrics import REGISTRY, fid_from_features
 
+from flowergan.config import load_config
 from flowergan.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +146,21 @@ def test_quality_benchmark_scores_photos_in_imagenet_features(photos: Path, tmp_
     tutorial = bench.load_config(tmp_path / "q" / "run-tutorial" / "config.toml")
     assert (tutorial.train.real_label, tutorial.train.fake_label) == (1.0, 0.1)  # the knob on the tutorial's side
     assert (tmp_path / "q" / "quality-side-by-side.png").is_file()
+
+
+@pytest.mark.slow  # two tiny trainings scored by effnet_fd, through the shell wrapper: ~1 min on 2 cores
+def test_gpu_check_photo_verdict_runs_the_quality_benchmark(photos: Path, tmp_path: Path) -> None:
+    """The GPU call `gpu_check.sh --photo-verdict` runs benchmarks/quality.py on photos; later options win, so the
+    same path runs here on the CPU with tiny sizes and ends with the verdict's ratio line."""
+    env = {**os.environ, "OUT": str(tmp_path), "FLOWERGAN_CACHE_DIR": str(tmp_path / "cache"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--photo-verdict", "--device", "cpu",
+                           "--data", str(photos), "--steps", "2", "--ngf", "4", "--batch", "8", "--n", "32",
+                           "--threads", "1", "--recipes", "tutorial,flowergan"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("photo quality ratio=")
+    run = load_config(tmp_path / "quality-photos" / "run-flowergan" / "config.toml")
+    assert run.train.device == "cpu"
 
 
 @pytest.mark.slow  # the 240 photos' reference features: ~15 s on 2 cores
