@@ -54,6 +54,7 @@ from flowergan.train.loop import train
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MODES, TARGET_KL = 48, 0.05  # the issue's targets for flowergan's default on SynthFlowers
 RECIPE_SECTIONS = ("model", "optim", "train")
+SAMPLING_ONLY = ("model.g_sample_bn", "train.ema")  # settings that change what is sampled, not what is trained
 TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "train.amp=off",
             "train.diffaugment=", "train.r1_gamma=0", "model.d_pack=1", "model.g_sample_bn=eval",
             "model.spectral_norm=false", "model.d_mbstd=0", "model.d_dropout=0", "model.d_input_dropout=0",
@@ -156,10 +157,16 @@ def _train_seconds(run_dir: Path) -> float | None:
 
 def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth: bool) -> dict[str, Any]:
     """Train one recipe, save its grid, score it; returns the row."""
-    run_dir = out / f"run-{args.tag}-{name}" if args.tag else out / f"run-{name}"
+    run_dir = out / run_name(args.tag, name)
     cfg = recipe_config(name, args, data, run_dir)
     t0 = time.perf_counter()
-    if args.reuse and finished(run_dir, cfg):
+    if args.score_run is not None:  # sample an earlier run differently: it must have trained what cfg trains
+        run_dir = out / run_name(args.score_run, name)
+        if not finished(run_dir, cfg, sampling_only=True):
+            sys.exit(f"--score-run {args.score_run}: {run_dir} is not a finished run of this recipe (only "
+                     f"{', '.join(SAMPLING_ONLY)} may differ)")
+        last, train_s = {}, float(json.loads((run_dir / "train.json").read_text())["train_s"])
+    elif args.reuse and finished(run_dir, cfg):
         last, train_s = {}, float(json.loads((run_dir / "train.json").read_text())["train_s"])
     else:
         earlier = extendable(run_dir, cfg) if args.extend else None
@@ -188,10 +195,22 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
     return row
 
 
-def finished(run_dir: Path, cfg: Config) -> bool:
+def run_name(tag: str, recipe: str) -> str:
+    return f"run-{tag}-{recipe}" if tag else f"run-{recipe}"
+
+
+def finished(run_dir: Path, cfg: Config, sampling_only: bool = False) -> bool:
     """Whether `run_dir` already holds this recipe trained to the end (then --reuse only scores it): the same
-    [data] [model] [optim] [train] sections, which decide what is trained (where logs went does not)."""
+    [data] [model] [optim] [train] sections, which decide what is trained (where logs went does not); with
+    `sampling_only`, the settings in SAMPLING_ONLY may differ (the run must have kept G_ema if cfg samples it)."""
     saved = _saved_config(run_dir)
+    if saved is not None and sampling_only:
+        if cfg.train.ema and not saved["train"]["ema"]:
+            return False
+        want = cfg.to_dict()
+        for key in SAMPLING_ONLY:  # e.g. train.ema: G and D train the same with or without an average of G
+            section, field = key.split(".")
+            saved[section][field] = want[section][field]
     return (saved is not None and _same_recipe(saved, cfg) and (run_dir / "train.json").is_file()
             and (run_dir / "checkpoints" / step_dir_name(cfg.train.steps)).is_dir())
 
@@ -285,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="run dirs, grids, results.jsonl")
     ap.add_argument("--reuse", action="store_true", help="score a recipe's finished run of the same config "
                     "instead of training it again")
+    ap.add_argument("--score-run", default=None, metavar="TAG", help="score the finished run of --tag TAG ('' for "
+                    "the untagged run) with this run's sampling settings (model.g_sample_bn, train.ema=false for raw "
+                    "G) instead of training it again")
     ap.add_argument("--every", type=int, default=0, help="also keep and score a checkpoint every K G steps "
                     "(the curve; with SynthFlowers it names the step at which the targets are first met)")
     ap.add_argument("--extend", action="store_true", help="continue a recipe's earlier run of the same recipe "

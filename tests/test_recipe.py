@@ -178,6 +178,15 @@ def test_quality_benchmark_prints_both_recipes_and_the_ratio(shards: Path, tmp_p
     bench.main([*args, "--reuse"])
     again = capsys.readouterr().out.strip().splitlines()
     assert again[-1] == out[-1] and (tmp_path / "q" / "run-flowergan" / "train.json").stat().st_mtime == mtime
+    # --score-run samples that run's raw G (train.ema=false changes sampling, not training): no training, other
+    # numbers; a knob that changes training is refused.
+    bench.main([*args, "--recipes", "flowergan", "--score-run", "", "--tag", "raw", "--set", "train.ema=false"])
+    raw = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert raw[0]["train_s"] == rows[1]["train_s"] and raw[0]["synth_fd64"] != rows[1]["synth_fd64"]
+    assert (tmp_path / "q" / "quality-raw-flowergan.png").is_file()
+    assert not (tmp_path / "q" / "run-raw-flowergan").exists()
+    with pytest.raises(SystemExit, match="only model.g_sample_bn, train.ema may differ"):
+        bench.main([*args, "--recipes", "flowergan", "--score-run", "", "--set", "train.r1_gamma=3"])
     # --every scores each kept checkpoint and says whether the targets were met; --extend continues that run.
     curve_args = [*args[:-1], str(tmp_path / "c"), "--recipes", "flowergan", "--every", "1"]
     bench.main(curve_args)
