@@ -14,8 +14,11 @@ from flowergan.cli.app import app
 def export_command(
     ckpt: Annotated[Path, typer.Option("--ckpt", help="A checkpoint directory, or a run dir (its newest one).")],
     out: Annotated[Path, typer.Option("--out", help="The folder to write (must not exist, unless --force).")],
-    formats: Annotated[str, typer.Option("--format", help="Comma-separated: safetensors (always written), pt2 "
-                                                          "(torch.export), onnx.")] = "safetensors",
+    # The choices are flowergan.export's FORMATS (a test checks they agree); written out so that `--help` does not
+    # import torch.
+    formats: Annotated[str, typer.Option("--format", metavar="<safetensors|pt2|onnx>,...",
+                                         help="Comma-separated: safetensors (always written), pt2 (torch.export), "
+                                              "onnx.")] = "safetensors",
     raw: Annotated[bool, typer.Option("--raw", help="Export the raw G instead of its EMA (G_ema).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
