@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from _tiny_run import run_main
-
 from flowergan_eval.testing import checkpoint
 
 

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 import typer.main
+from flowergan_eval.cli import app as eval_app
 from typer.testing import CliRunner
 
 from flowergan.cli import _register
 from flowergan.cli import app as flowergan_app
-from flowergan_eval.cli import app as eval_app
 
 _register()
 APPS = {"flowergan": flowergan_app, "flowergan-eval": eval_app}

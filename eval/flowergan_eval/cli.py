@@ -154,7 +154,8 @@ def stats(data: StatsData = "", batch: Batch = 64, device: Device = "auto", json
           inception_weights: Weights = None, ref_n: RefN = 0, progress: Progress = True, features: Features = "",
           recompute: Annotated[bool, typer.Option("--recompute", help="Ignore the cache and recompute.")] = False
           ) -> None:
-    """Reference statistics of the real shards, cached by (data fingerprint, resolution, extractor, resize)."""
+    """Reference statistics of the real shards, cached by (the data's pixel fingerprint, resolution, extractor,
+    resize)."""
     from flowergan_eval.commands import run_stats
 
     opts = _options(data, 2, batch, device, False, 0, inception_weights, ref_n, progress, features)
@@ -190,7 +191,8 @@ def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device
 @oracle_app.command("train")
 def oracle_train(data: TrainData = "", json: Json = False, progress: Progress = True,
                  out: Annotated[Path | None, typer.Option("--out", help="Where to save it (default: the cache, "
-                                                                        "keyed by the data fingerprint).")] = None,
+                                                                        "keyed by the data's pixel "
+                                                                        "fingerprint).")] = None,
                  epochs: Annotated[int, typer.Option("--epochs", help="Training epochs of the mode oracle.")] = 40,
                  cnn_epochs: Annotated[int, typer.Option("--cnn-epochs", help="Training epochs of SynthNet, the "
                                                                               "CNN whose features synth_fd "
