@@ -93,7 +93,7 @@ def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
     typer.echo(f"  checkpoints   {run_dir / 'checkpoints'}")
     typer.echo(f"  samples       {run_dir / 'samples'}  (progress GIF: {run_dir / 'progress.gif'})")
     typer.echo(f"  loss curves   {run_dir / 'losses.png'}")
-    typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'}")
+    typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'} --samples_per_plugin images=0")
 
 
 @app.command("config")

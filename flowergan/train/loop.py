@@ -119,6 +119,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 if state.G_ema is not None and cfg.model.g_sample_bn == "batch":
                     recompute_bn_stats(state.G_ema)  # training-neutral: ema_update overwrites these buffers
                 ckpts.save(dict(metrics), best)
+        log.finish(state.step)
     finally:
         progress.stop()
         log.close()
