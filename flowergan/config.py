@@ -161,7 +161,8 @@ class ClusterConfig:
                                 "cannot put two ranks on one GPU)", lo=0.0)
     cpus_per_worker: float = _f(1.0, "CPUs per worker", lo=0.0, lo_open=True)
     address: str = _f("", "Ray address: '' starts or joins a local Ray, 'auto', or ray://HOST:10001")
-    storage_path: str = _f("", "Ray Train storage: a shared directory or s3:// gs:// ('' = log.run_dir)")
+    storage_path: str = _f("", "Ray Train storage, a shared directory or s3:// gs://; a run's copies go to "
+                               "<storage_path>/<cluster.name>/ ('' = log.run_dir: <run dir>/<cluster.name>/)")
     max_failures: int = _f(3, "worker-group restarts from the newest checkpoint", lo=-1)
     num_to_keep: int = _f(3, "checkpoints Ray Train keeps in storage", lo=1)
     sync_batchnorm: bool = _f(False, "SyncBatchNorm across workers (not with train.r1_gamma > 0: its backward is "
