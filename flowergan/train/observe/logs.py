@@ -73,7 +73,8 @@ class RunLogger(NullLogger):
     def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0,
                  trackers: Sequence[Tracker] = (), config_text: str = "", hparams: dict[str, Any] | None = None):
         self.trackers = list(trackers)
-        self.hparams, self.last = dict(hparams or {}), {}  # last: each scalar tag's newest value
+        self.hparams = dict(hparams or {})
+        self.last: dict[str, float] = {}  # each scalar tag's newest value
         # Everything logged at the resumed step itself describes the checkpointed state and stays.
         first_new = start_step + 1 if start_step > 0 else 0
         _trim_jsonl(run_dir / "metrics.jsonl", first_new)
