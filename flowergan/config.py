@@ -163,7 +163,8 @@ class ClusterConfig:
                                 "cannot put two ranks on one GPU)", lo=0.0)
     cpus_per_worker: float = _f(1.0, "CPUs per worker", lo=0.0, lo_open=True)
     address: str = _f("", "Ray address: '' starts or joins a local Ray, 'auto', or ray://HOST:10001")
-    storage_path: str = _f("", "Ray Train storage: a shared directory or s3:// gs:// ('' = log.run_dir)")
+    storage_path: str = _f("", "Ray Train storage, a shared directory or s3:// gs://; a run's copies go to "
+                               "<storage_path>/<cluster.name>/ ('' = log.run_dir: <run dir>/<cluster.name>/)")
     max_failures: int = _f(3, "worker-group restarts from the newest checkpoint", lo=-1)
     num_to_keep: int = _f(3, "checkpoints Ray Train keeps in storage", lo=1)
     sync_batchnorm: bool = _f(False, "SyncBatchNorm across workers (not with train.r1_gamma > 0: its backward is "
@@ -209,16 +210,18 @@ def _toml_value(v: Any) -> str:
     return json.dumps(v)  # a JSON string is a valid TOML basic string
 
 
+BOOL_SPELLINGS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}  # --set k=...
+
+
 def _coerce(name: str, typ: str, value: Any, from_text: bool) -> Any:
     """Check (TOML) or parse (--set text) one value against the field's type."""
     if from_text:
         text = str(value).strip()
+        if typ == "bool":
+            if text.lower() not in BOOL_SPELLINGS:
+                raise ConfigError(f"{name}: expected a bool ({', '.join(BOOL_SPELLINGS)}), got {text!r}")
+            return BOOL_SPELLINGS[text.lower()]
         try:
-            if typ == "bool":
-                low = text.lower()
-                if low not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return low in ("true", "1", "yes")
             if typ == "int":
                 return int(text)
             if typ == "float":
@@ -334,8 +337,12 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults < TOML file < overrides; validated. Raises ConfigError with one clear line."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                flags: Mapping[str, tuple[str, Any]] | None = None) -> Config:
+    """Defaults < TOML file < overrides < flags; validated. Raises ConfigError with one clear line.
+
+    `flags` are a command's own options for fields ({"--device": ("train.device", "gpu")}; None values are not
+    given): an error names the flag as the user typed it, not the field it sets."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -359,6 +366,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             apply_value(cfg, *parse_override(text), from_text=True)
         except ConfigError as e:
             raise ConfigError(f"--set {text}: {e}") from None
+    for flag, (name, value) in (flags or {}).items():
+        if value is None:
+            continue
+        try:
+            apply_value(cfg, *parse_override(f"{name}={value}"), from_text=True)
+        except ConfigError as e:
+            raise ConfigError(f"{flag} {value}: {e}") from None
     if path is not None and not cfg.cluster.name:
         cfg.cluster.name = Path(path).stem
     return validate(cfg)

@@ -13,11 +13,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+class _Bar(Progress):
+    """rich's Progress, except that a bar that never got a task leaves no trace: off a terminal rich ends every bar
+    with a line break, so an error raised before any work (a bad --n, a missing file) would follow an empty line."""
+
+    def stop(self) -> None:
+        if self.task_ids:
+            super().stop()
+        elif not self.disable:
+            self.live.stop()  # an empty display draws nothing
+
+
 def progress_bar(enabled: bool = True, *extra_columns, console: Console | None = None,
                  stderr: bool = False) -> Progress:
     """A rich Progress with bar, count, elapsed and ETA; use `with progress_bar() as p: t = p.add_task(...)`.
     `stderr=True` draws it on stderr, so that a command's stdout (one JSON object, say) stays parseable."""
-    return Progress(
+    return _Bar(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), *extra_columns,
         disable=not enabled, transient=False, console=console or (Console(stderr=True) if stderr else None),

@@ -45,3 +45,33 @@ def test_every_source_path_a_page_names_exists(page: Path):
                            page.read_text()))
     missing = sorted(p for p in named if not (ROOT / p).is_file())
     assert not missing, f"{page.name} names files that do not exist: {missing}"
+
+
+def test_job_files_point_at_pages_and_sections_that_exist():
+    """A comment such as `(docs/quality.md)` or `(README, Quality)` in a job file or manifest names a real page
+    and, for the README, one of its headings (a section renamed once left every job file pointing nowhere)."""
+    headings = set(re.findall(r"^#+ (.*)$", (ROOT / "README.md").read_text(), flags=re.M))
+    files = [*sorted((ROOT / "jobs").rglob("*.toml")), *sorted((ROOT / "k8s").glob("*.yaml"))]
+    pointers = 0
+    for f in files:
+        text = f.read_text()
+        for page in re.findall(r"\b(docs/[\w-]+\.md)\b", text):
+            assert (ROOT / page).is_file(), f"{f.name}: {page} does not exist"
+            pointers += 1
+        for section in re.findall(r"\(README, ([^)]+)\)", text):
+            assert section in headings, f"{f.name}: the README has no section {section!r}"
+            pointers += 1
+    assert pointers  # the job files do point somewhere
+
+
+def test_cluster_docs_and_flowergan_config_say_where_ray_storage_defaults_to(tmp_path):
+    """Both say `<run dir>/<cluster.name>/`, and that is where the launcher looks."""
+    pytest.importorskip("ray")
+    from flowergan.config import describe, load_config
+    from flowergan.train.launch.ray_train import resolve_paths
+
+    where = "<run dir>/<cluster.name>/"
+    assert where in (ROOT / "docs" / "cluster.md").read_text()
+    assert where in next(line for line in describe().splitlines() if line.strip().startswith("storage_path ="))
+    cfg = resolve_paths(load_config(ROOT / "jobs" / "smoke.toml", [f"log.run_dir={tmp_path / 'run'}"]))
+    assert (cfg.cluster.storage_path, cfg.cluster.name) == (str(tmp_path / "run"), "smoke")

@@ -67,7 +67,8 @@ def test_fid_json_is_one_object_with_its_provenance(setup):
     assert prov["n"] == N and prov["generator"] == "G_ema" and prov["step"] == 100
     assert prov["checkpoint"].endswith("checkpoints/step-00000100")
     # The decoded pixels' fingerprint: what reference caches key on, equal across zlib builds.
-    assert prov["reference"]["fingerprint"] == manifest["pixel_fingerprint"] and prov["reference"]["n"] == N
+    assert prov["reference"]["pixel_fingerprint"] == manifest["pixel_fingerprint"] and prov["reference"]["n"] == N
+    assert prov["reference"]["shard_fingerprint"] == manifest["shard_fingerprint"] != manifest["pixel_fingerprint"]
     assert "custom weights" in prov["extractor"] and prov["resize"] == "tf1-bilinear 64->299"
     stats_files = list((setup["cache"] / "stats").iterdir())
     assert [p.suffix for p in stats_files] == [".npz"]  # written once, atomically: no temporary left over

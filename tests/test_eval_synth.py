@@ -119,7 +119,7 @@ def test_synth_fd_cli_trains_synthnet_once_and_names_its_extractor(tmp_path_fact
     base = tmp_path_factory.getbasetemp()
     data = testing.synth_shards(base, 48, seed=23)
     run = testing.checkpoint(base / "run-synth", weight_std=0.05)
-    args = ["synth_fd", "--ckpt", str(run), "--data", str(data), "--n", "16", "--json", "--no-progress"]
+    args = ["synth-fd", "--ckpt", str(run), "--data", str(data), "--n", "16", "--json", "--no-progress"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output + repr(first.exception)
     r = json.loads(first.stdout)

@@ -49,7 +49,7 @@ def front(folder: Path) -> dict:
 
 def test_export_holds_g_only_and_nothing_that_needs_unpickling(run, exported):
     assert sorted(p.name for p in exported.iterdir()) == [
-        "README.md", "config.json", "generator.onnx", "generator.pt2", "model.safetensors"]
+        "README.md", "config.json", "generator.onnx", "generator.pt2", "model.safetensors", "samples.png"]
     G_ema = open_generator(run)
     tensors = load_file(str(exported / "model.safetensors"))
     assert set(tensors) == set(G_ema.state_dict())  # plain keys: no G./G_ema./D. prefix, no optimizer state
@@ -122,7 +122,8 @@ def test_model_card_front_matter_is_what_the_hub_reads(run, exported):
     assert {"dcgan", "gan", "safetensors"} <= set(fm["tags"])
     info = fm["flowergan"]
     manifest = json.loads((Path(checkpoint_config(resolve_checkpoint(run)).data.path) / "manifest.json").read_text())
-    assert info["dataset"]["fingerprint"] == manifest["fingerprint"] and info["dataset"]["images"] == 16
+    assert info["dataset"]["shard_fingerprint"] == manifest["shard_fingerprint"] and info["dataset"]["images"] == 16
+    assert info["dataset"]["pixel_fingerprint"] == manifest["pixel_fingerprint"] != manifest["shard_fingerprint"]
     assert info["training_steps"] == 10 and info["images_seen"] == 80
     state = read_state(resolve_checkpoint(run))
     assert {m["name"]: m["value"] for m in info["metrics"]} == pytest.approx(state["metrics"])
@@ -162,7 +163,8 @@ def test_offline_scores_name_their_own_extractor(run):
 
 def test_cli_export_and_its_errors_are_one_line_with_nothing_left(run, tmp_path, capsys):
     code, out, err = run_main(capsys, "export", "--ckpt", run, "--out", tmp_path / "g")
-    assert code == 0 and out.strip() == f"wrote {tmp_path / 'g'}: README.md, config.json, model.safetensors", err
+    assert code == 0, err
+    assert out.strip() == f"wrote {tmp_path / 'g'}: README.md, config.json, model.safetensors, samples.png"
     cases = {
         "unknown format": (["--ckpt", run, "--out", tmp_path / "x", "--format", "safetensors,tflite"],
                            "error: --format: 'tflite' not allowed; choose from safetensors, pt2, onnx"),
@@ -176,7 +178,8 @@ def test_cli_export_and_its_errors_are_one_line_with_nothing_left(run, tmp_path,
         code, _, err = run_main(capsys, "export", *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (name, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
-    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                                  "samples.png"]
 
 
 def test_a_failing_export_leaves_nothing_behind(run, tmp_path, monkeypatch):

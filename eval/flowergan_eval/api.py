@@ -54,7 +54,7 @@ class Evaluation:
         self.device = pick_device(opts.device)
         self.bar = bar
         if opts.n < 2:
-            raise UserError(f"--n {opts.n}: need at least 2 generated images")
+            raise UserError(f"--n {opts.n}: must be >= 2 (the statistics need at least 2 generated images)")
         if opts.batch < 1:
             raise UserError(f"--batch {opts.batch}: must be >= 1")
         self.ckpt: Path | None = None  # the checkpoint directory or export folder evaluated

@@ -25,7 +25,7 @@ def _root(version: bool = version_option("flowergan-eval", __version__)) -> None
 
 
 oracle_app = typer.Typer(no_args_is_help=True, help="The SynthFlowers mode classifier used by `modes` and SynthNet, "
-                                                     "the CNN whose features `synth_fd` uses.")
+                                                     "the CNN whose features `synth-fd` uses.")
 app.add_typer(oracle_app, name="oracle")
 
 # Options shared by the commands (Annotated aliases keep each signature one line per option).
@@ -34,10 +34,24 @@ Ckpt = Annotated[str, typer.Option("--ckpt", help="A run directory (its newest c
 Data = Annotated[str, typer.Option("--data", help="Real shards (folder with manifest.json, or URL) to compare "
                                                   "with.")]
 N = Annotated[int, typer.Option("--n", help="Generated images (the metric's name carries it: fid10k).")]
-Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass.")]
+ModesN = Annotated[int, typer.Option("--n", help="Generated images the oracle reads (the metrics' names carry it: "
+                                                 "modes10k/covered).")]
+LatentN = Annotated[int, typer.Option("--n", help="Generated images in the PCA pictures (thumbnails of at most 120; "
+                                                  "at most 500 points).")]
+# 64, not `flowergan sample`'s 256: each batch also goes through the feature extractor (Inception resizes to
+# 299 px), whose activations dwarf G's.
+Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass of G and the feature extractor (smaller "
+                                                    "than `flowergan sample --batch`: the extractor runs at up to 299 "
+                                                    "px).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
 Raw = Annotated[bool, typer.Option("--raw", help="Evaluate the raw G instead of its EMA (G_ema).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the latents z (the same z on every device).")]
+StatsData = Annotated[str, typer.Option("--data", help="Real shards (folder with manifest.json, or URL) to "
+                                                       "compute the statistics of.")]
+TrainData = Annotated[str, typer.Option("--data", help="SynthFlowers shards (folder with manifest.json, or URL) to "
+                                                       "train on.")]
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed of the training: initial weights, batch order and "
+                                                       "augmentation.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 Weights = Annotated[str | None, typer.Option("--inception-weights", help="FID Inception weights file (else "
                                                                          "$FLOWERGAN_INCEPTION_WEIGHTS, the cache, "
@@ -71,8 +85,8 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _metric_command(name: str) -> Callable[..., None]:
-    """The command for one registered feature metric: `flowergan-eval fid|kid|is|prdc|synth_fd` all come from the
-    registry (its mode metrics are the `modes` command)."""
+    """The command for one registered feature metric: `flowergan-eval fid|kid|is|prdc|synth-fd|effnet-fd` all come
+    from the registry (its mode metrics are the `modes` command)."""
 
     def command(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto",
                 raw: Raw = False, seed: Seed = 0, json: Json = False, inception_weights: Weights = None,
@@ -88,7 +102,11 @@ def _metric_command(name: str) -> Callable[..., None]:
 
 for _name, _metric in REGISTRY.items():
     if _metric.features != "oracle":
-        app.command(_name)(_metric_command(_name))
+        # Commands are spelt with hyphens like every other flowergan command (`synth-fd`); the metric keeps its
+        # name in results (synth_fd10k). The underscore spelling stays as a hidden alias for existing scripts.
+        app.command(_name.replace("_", "-"))(_metric_command(_name))
+        if "_" in _name:
+            app.command(_name, hidden=True)(_metric_command(_name))
 
 
 @app.command()
@@ -104,7 +122,7 @@ def diversity(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, dev
 
 
 @app.command()
-def modes(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+def modes(ckpt: Ckpt, data: Data = "", n: ModesN = 10_000, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
           seed: Seed = 0, json: Json = False, progress: Progress = True,
           oracle: Annotated[str | None, typer.Option("--oracle", help="Oracle directory (default: the one "
                                                                       "trained on --data).")] = None,
@@ -119,7 +137,7 @@ def modes(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device:
 
 
 @app.command()
-def latent(ckpt: Ckpt, data: Data = "", n: N = 500, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
+def latent(ckpt: Ckpt, data: Data = "", n: LatentN = 500, batch: Batch = 64, device: Device = "auto", raw: Raw = False,
            seed: Seed = 0, json: Json = False, progress: Progress = True,
            out: Annotated[Path, typer.Option("--out", help="Folder for the PNG (and GIF) files.")] = Path("latent"),
            gif: Annotated[bool, typer.Option("--gif", help="Also write the interpolations as a GIF.")] = False
@@ -132,11 +150,12 @@ def latent(ckpt: Ckpt, data: Data = "", n: N = 500, batch: Batch = 64, device: D
 
 
 @app.command()
-def stats(data: Data = "", batch: Batch = 64, device: Device = "auto", json: Json = False,
+def stats(data: StatsData = "", batch: Batch = 64, device: Device = "auto", json: Json = False,
           inception_weights: Weights = None, ref_n: RefN = 0, progress: Progress = True, features: Features = "",
           recompute: Annotated[bool, typer.Option("--recompute", help="Ignore the cache and recompute.")] = False
           ) -> None:
-    """Reference statistics of the real shards, cached by (data fingerprint, resolution, extractor, resize)."""
+    """Reference statistics of the real shards, cached by (the data's pixel fingerprint, resolution, extractor,
+    resize)."""
     from flowergan_eval.commands import run_stats
 
     opts = _options(data, 2, batch, device, False, 0, inception_weights, ref_n, progress, features)
@@ -170,14 +189,15 @@ def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device
 
 
 @oracle_app.command("train")
-def oracle_train(data: Data = "", json: Json = False, progress: Progress = True,
+def oracle_train(data: TrainData = "", json: Json = False, progress: Progress = True,
                  out: Annotated[Path | None, typer.Option("--out", help="Where to save it (default: the cache, "
-                                                                        "keyed by the data fingerprint).")] = None,
+                                                                        "keyed by the data's pixel "
+                                                                        "fingerprint).")] = None,
                  epochs: Annotated[int, typer.Option("--epochs", help="Training epochs of the mode oracle.")] = 40,
                  cnn_epochs: Annotated[int, typer.Option("--cnn-epochs", help="Training epochs of SynthNet, the "
                                                                               "CNN whose features synth_fd "
                                                                               "uses (0 = skip it).")] = 5,
-                 seed: Seed = 0) -> None:
+                 seed: TrainSeed = 0) -> None:
     """Train the mode classifier and SynthNet (synth_fd's features) on SynthFlowers shards; reports their
     held-out accuracy (the mode oracle needs >= 99 %)."""
     from flowergan_eval.commands import run_oracle_train

@@ -152,7 +152,7 @@ def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
     prov = {"n": ref.n, "reference": {**real.describe(), "n": ref.n, "cached": ref.cached,
                                       "skipped": ref.meta.get("skipped", 0)},
             "extractor": ev.extractor.name, "resize": ref.meta.get("resize")}
-    where = str(ref.path) if ref.path else "(not cached: the manifest has no fingerprint)"
+    where = str(ref.path) if ref.path else "(not cached: the manifest has no pixel or shard fingerprint)"
     return {"command": "stats", "metrics": {"real_images": ref.n, "feature_dim": int(ref.pool.shape[1])},
             "provenance": prov, "path": str(ref.path) if ref.path else None, "key": ref.meta.get("key"),
             "messages": [f"statistics {'reused from' if ref.cached else 'written to'} {where}"]}
@@ -189,7 +189,7 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
                         **({"synthnet_accuracy": net_info["accuracy"]} if net_info else {})},
             "provenance": {"n": info["n_test"], "trained_on": f"{real.path}: {info['n_train']} images for training, "
                            f"the last {info['n_test']} (manifest order) held out for the accuracy; "
-                           f"{info['num_modes']} modes, fingerprint {real.fingerprint}"},
+                           f"{info['num_modes']} modes, pixel fingerprint {real.pixel_fingerprint or '-'}"},
             "notes": {"accuracy": f"held-out images classified correctly ({verdict})",
                       "worst_mode_accuracy": "the same, for the hardest mode",
                       "synthnet_accuracy": "SynthNet's held-out accuracy (its features define synth_fd; it reads "

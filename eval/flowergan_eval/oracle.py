@@ -157,14 +157,15 @@ def train(real: RealSet, *, epochs: int = 40, holdout: float = 0.1, seed: int = 
     info = {"version": ORACLE_VERSION, "num_modes": real.num_classes, "classes": real.classes,
             "n_in": int(d.shape[1]), "accuracy": float((pred == y_test).float().mean()),
             "worst_mode_accuracy": min(per_mode), "n_train": len(d_train), "n_test": n_test, "epochs": epochs,
-            "seed": seed, "data": real.path, "fingerprint": real.fingerprint, "resolution": real.resolution}
+            "seed": seed, "data": real.path, "pixel_fingerprint": real.pixel_fingerprint,
+            "shard_fingerprint": real.shard_fingerprint, "resolution": real.resolution}
     return model, info
 
 
 # ---------------------------------------------------------------- files
 def default_dir(real: RealSet) -> Path:
     """Where the oracle of a shard set is kept unless --out/--oracle says otherwise."""
-    return cache_dir() / "oracles" / (real.fingerprint or "unfingerprinted")
+    return cache_dir() / "oracles" / (real.cache_id or "unfingerprinted")
 
 
 def save_files(out: Path, weights: dict[str, dict[str, torch.Tensor]], infos: dict[str, dict[str, Any]]) -> Path:

@@ -28,9 +28,24 @@ class RealSet:
     skipped: list[str] = field(default_factory=list)  # "<shard>:<key>: reason" of samples that did not decode
 
     @property
-    def fingerprint(self) -> str:
-        # The decoded pixels' id where the manifest has one: equal across zlib builds, so caches are shared.
-        return str(self.manifest.get("pixel_fingerprint") or self.manifest.get("fingerprint") or "")
+    def pixel_fingerprint(self) -> str:
+        """The decoded images' id from the manifest ("" for shards written before it existed)."""
+        from flowergan.data.format import fingerprints
+
+        return fingerprints(self.manifest)["pixel_fingerprint"]
+
+    @property
+    def shard_fingerprint(self) -> str:
+        """The shard files' id from the manifest."""
+        from flowergan.data.format import fingerprints
+
+        return fingerprints(self.manifest)["shard_fingerprint"]
+
+    @property
+    def cache_id(self) -> str:
+        """What caches (reference statistics, oracles) key on: the pixel fingerprint, equal across zlib builds, so
+        caches are shared; the shard fingerprint for manifests that have no pixel one; "" for neither."""
+        return self.pixel_fingerprint or self.shard_fingerprint
 
     @property
     def resolution(self) -> int:
@@ -58,7 +73,8 @@ class RealSet:
 
     def describe(self) -> dict[str, Any]:
         """Provenance of this reference set, for every reported number."""
-        return {"data": self.path, "name": self.name, "fingerprint": self.fingerprint,
+        return {"data": self.path, "name": self.name, "pixel_fingerprint": self.pixel_fingerprint,
+                "shard_fingerprint": self.shard_fingerprint,
                 "resolution": self.resolution, "num_samples": self.num_samples}
 
 

@@ -79,12 +79,12 @@ def reference(real: RealSet, extractor: Any, *, n: int = 0, batch: int = 64,
     """Features and statistics of the first `n` real images (0 = all), from the cache when possible."""
     n_used = count(real, n)
     resize = resize_of(extractor, real.resolution)
-    key = cache_key(real.fingerprint, real.resolution, extractor.weights_sha256, resize.split(" ")[0], n_used)
+    key = cache_key(real.cache_id, real.resolution, extractor.weights_sha256, resize.split(" ")[0], n_used)
     path = stats_path(key)
     if use_cache and not recompute:
         if key in _MEMORY:
             return _MEMORY[key]
-        if real.fingerprint and path.is_file():
+        if real.cache_id and path.is_file():
             ref = _load(path)
             if ref is not None:
                 _MEMORY[key] = ref
@@ -96,7 +96,7 @@ def reference(real: RealSet, extractor: Any, *, n: int = 0, batch: int = 64,
             "weights_sha256": extractor.weights_sha256, "resize": resize, "key": key}
     ref = Reference(feats.pool, mu, sigma, meta, path=None, cached=False)
     # Without a fingerprint (a hand-made manifest) the contents are unknown, so nothing is cached.
-    if use_cache and real.fingerprint:
+    if use_cache and real.cache_id:
         _save(path, ref)
         ref.path = path
         _MEMORY[key] = ref

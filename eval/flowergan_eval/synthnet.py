@@ -101,7 +101,8 @@ def train(real: RealSet, *, epochs: int = 5, holdout: float = 0.1, seed: int = 0
         pred = model(x_test)[1].argmax(dim=1)
     info = {"version": SYNTHNET_VERSION, "num_classes": real.num_classes, "features": FEATURES, "input": INPUT,
             "accuracy": float((pred == y_test).float().mean()), "n_train": len(x_train), "n_test": n_test,
-            "epochs": epochs, "seed": seed, "data": real.path, "name": real.name, "fingerprint": real.fingerprint,
+            "epochs": epochs, "seed": seed, "data": real.path, "name": real.name,
+            "pixel_fingerprint": real.pixel_fingerprint, "shard_fingerprint": real.shard_fingerprint,
             "resolution": real.resolution}
     return model, info
 

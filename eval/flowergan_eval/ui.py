@@ -31,8 +31,8 @@ def provenance_lines(prov: dict[str, Any]) -> list[str]:
     if ref:
         cached = "cached stats" if ref.get("cached") else "computed now"
         lines.append(f"reference   {ref.get('data')}: {ref.get('n', ref.get('num_samples'))} real images "
-                     f"({ref.get('name')}, {ref.get('resolution')} px, fingerprint {ref.get('fingerprint') or '-'}, "
-                     f"{cached})")
+                     f"({ref.get('name')}, {ref.get('resolution')} px, "
+                     f"pixel fingerprint {ref.get('pixel_fingerprint') or '-'}, {cached})")
     if "oracle" in prov:
         lines.append(f"oracle      {prov['oracle']} (held-out accuracy {prov.get('oracle_accuracy', 0):.2%}); a mode "
                      f"counts as covered with >= {prov.get('min_count')} samples")

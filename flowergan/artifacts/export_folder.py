@@ -4,6 +4,7 @@
   config.json        the whole [model] section, z and output conventions, provenance, and the sha256 of the
                      weight and graph files (`"sha256"`; folders exported before it have none)
   README.md          a model card whose YAML front matter the Hugging Face Hub reads (not hashed: people edit it)
+  samples.png        64 samples of G (seed 0), shown in the card (not hashed: a picture, remade from the weights)
   generator.pt2      on request: torch.export program, dynamic batch
   generator.onnx     on request: ONNX, dynamic batch
 """
@@ -25,7 +26,7 @@ from flowergan.models import Generator, build_models
 
 FORMATS = ("safetensors", "pt2", "onnx")
 KIND, KIND_VERSION = "flowergan-generator", 1
-WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+WEIGHTS, CONFIG, CARD, SAMPLES = "model.safetensors", "config.json", "README.md", "samples.png"
 FILES = {"safetensors": WEIGHTS, "pt2": "generator.pt2", "onnx": "generator.onnx"}
 
 

@@ -33,14 +33,17 @@ def sample(
                                                                "NNNNNN.png | npz: one file, `images` uint8 "
                                                                "[N, H, W, 3].")] = "grid",
     n: Annotated[int, typer.Option("--n", min=1, help=f"Images (grid: at most {GRID_MAX}).")] = 64,
+    # 256, not flowergan-eval's 64: here the images go through G alone, with no feature extractor after it.
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images generated and written per step (the images "
-                                                              "do not depend on it).")] = 256,
+                                                              "do not depend on it; G alone, so larger than "
+                                                              "flowergan-eval's).")] = 256,
     seed: Annotated[int, typer.Option("--seed", help="Seed of z: image i depends only on (seed, i).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="File (grid, npz) or folder (png) to write; default "
                                                            "grid.png, samples/, samples.npz.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="A checkpoint's raw G instead of its EMA.")] = False,
     device: Annotated[str, typer.Option("--device", help="Where G runs: auto (CUDA if present), cpu, cuda, "
-                                                         "cuda:N.")] = "cpu",
+                                                         "cuda:N (the last bit of a pixel may differ between "
+                                                         "devices).")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:

@@ -31,11 +31,11 @@ def train(config: JobFile = None, set_: Overrides = [], run_dir: RunDir = None, 
           workers: Workers = None, gpus_per_worker: GpusPerWorker = None,
           cpus_per_worker: CpusPerWorker = None) -> None:
     """Train a DCGAN as a job file says; the same file runs locally and on a Ray cluster."""
-    flags = {"log.run_dir": run_dir, "train.device": device, "cluster.address": address,
-             "cluster.workers": workers, "cluster.gpus_per_worker": gpus_per_worker,
-             "cluster.cpus_per_worker": cpus_per_worker}
-    overrides = list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, set_, flags={
+        "--run-dir": ("log.run_dir", run_dir), "--device": ("train.device", device),
+        "--address": ("cluster.address", address), "--workers": ("cluster.workers", workers),
+        "--gpus-per-worker": ("cluster.gpus_per_worker", gpus_per_worker),
+        "--cpus-per-worker": ("cluster.cpus_per_worker", cpus_per_worker)})
     if dry_run:
         typer.echo(cfg.to_toml())
         return
@@ -93,7 +93,7 @@ def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
     typer.echo(f"  checkpoints   {run_dir / 'checkpoints'}")
     typer.echo(f"  samples       {run_dir / 'samples'}  (progress GIF: {run_dir / 'progress.gif'})")
     typer.echo(f"  loss curves   {run_dir / 'losses.png'}")
-    typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'}")
+    typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'} --samples_per_plugin images=0")
 
 
 @app.command("config")

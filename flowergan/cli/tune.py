@@ -35,9 +35,10 @@ def tune(config: BaseJob, space: Space, set_: Overrides = [], out: SweepDir = No
 
     if not ray:
         raise UserError("--no-ray: sweeps run on Ray Tune; for one run without Ray use `flowergan train`")
-    flags = {"cluster.address": address, "cluster.workers": workers, "cluster.gpus_per_worker": gpus_per_worker,
-             "cluster.cpus_per_worker": cpus_per_worker}
-    cfg = load_config(config, list(set_) + [f"{k}={v}" for k, v in flags.items() if v is not None])
+    cfg = load_config(config, set_, flags={
+        "--address": ("cluster.address", address), "--workers": ("cluster.workers", workers),
+        "--gpus-per-worker": ("cluster.gpus_per_worker", gpus_per_worker),
+        "--cpus-per-worker": ("cluster.cpus_per_worker", cpus_per_worker)})
     params = load_space(space, cfg)
     if dry_run:
         typer.echo(cfg.to_toml())

@@ -24,8 +24,8 @@ MAKE_HINT = ("make shards with `flowergan data synth --out DIR --n 4096 --size 6
              "`flowergan data shard SRC --out DIR --size 64`")
 
 
-def fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
-    """A short id of the shard contents (for caches of reference statistics)."""
+def shard_fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
+    """A short id of the shard files' bytes (which depend on the zlib build that wrote them)."""
     h = hashlib.sha256(f"flowergan-shards-v{FORMAT_VERSION}:{resolution}".encode())
     for s in shards:
         h.update(f"{s['name']}:{s['sha256']}\n".encode())
@@ -33,7 +33,8 @@ def fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
 
 
 def pixel_fingerprint(shards: list[dict[str, Any]], resolution: int) -> str:
-    """A short id of the decoded images (the same on any zlib build); "" for shards written without it."""
+    """A short id of the decoded images (the same on any zlib build: what evaluation caches key on); "" for shards
+    written without it."""
     if not all("pixels_sha256" in s for s in shards):
         return ""
     h = hashlib.sha256(f"flowergan-pixels-v{FORMAT_VERSION}:{resolution}".encode())
@@ -74,7 +75,7 @@ def make_manifest(*, name: str, kind: str, resolution: int, image_format: str, q
         },
         "seed": seed,
         "shards": shards,
-        "fingerprint": fingerprint(shards, resolution),
+        "shard_fingerprint": shard_fingerprint(shards, resolution),
         "pixel_fingerprint": pixel_fingerprint(shards, resolution),
         "zlib": zlib.ZLIB_RUNTIME_VERSION,  # shard bytes are reproducible with the same zlib build
         "source": source,
@@ -83,6 +84,13 @@ def make_manifest(*, name: str, kind: str, resolution: int, image_format: str, q
         "warnings": sorted(warnings or [], key=lambda r: r["path"]),
         "ignored": sorted(ignored or [], key=lambda r: r["path"]),
     }
+
+
+def fingerprints(manifest: dict[str, Any]) -> dict[str, str]:
+    """A manifest's two ids by their names: `shard_fingerprint` (the shard files' bytes; manifests written before
+    the two were named apart call it `fingerprint`) and `pixel_fingerprint` (the decoded images; "" if absent)."""
+    return {"shard_fingerprint": str(manifest.get("shard_fingerprint") or manifest.get("fingerprint") or ""),
+            "pixel_fingerprint": str(manifest.get("pixel_fingerprint") or "")}
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:

@@ -17,7 +17,9 @@ from flowergan.config import Config
 # modes_kl is not read as modes).
 SCORE = re.compile(rf"^({'|'.join(sorted(METRICS, key=len, reverse=True))})(\d+)(k?)(/\w+)?$")
 INCEPTION = catalogue.EXTRACTORS["inception"]
+SAMPLES_CAPTION = "64 samples of this generator, z drawn with seed 0 (flowergan.generate)"
 EXTRACTORS = {name: catalogue.extractor_label(name) for name, m in METRICS.items() if m.features != "inception"}
+LICENSE = "apache-2.0"  # flowergan's own licence (pyproject.toml), as a Hugging Face Hub licence id
 STATISTICS = {"/std": "standard deviation over subsets or splits", "/covered": "modes covered",
               "/kl_uniform": "KL(modes || uniform), nats"}
 
@@ -35,20 +37,39 @@ def _extractor(metric: str, cfg: Config) -> dict[str, str]:
             "extractor_weights": cfg.eval.inception_weights or "$FLOWERGAN_INCEPTION_WEIGHTS or the cache"}
 
 
+SYNTH_ABOUT = ("SynthFlowers, a procedural toy set drawn by code (`flowergan data synth`): 48 modes, 6 petal "
+               "counts x 8 hues, on plain backgrounds. Not photographs: this generator draws those synthetic "
+               "flowers, not real ones; it is a test bed whose modes an oracle can count")
+
+
 def _dataset(cfg: Config) -> dict[str, Any]:
-    """The training data's name and fingerprint from its manifest, if it can still be read at export time."""
-    from flowergan.data.format import read_manifest
+    """What the training data was, from its manifest if it can still be read at export time: name, kind, size and
+    its two fingerprints (of the shard files and of the decoded pixels; they differ by design)."""
+    from flowergan.data.format import fingerprints, read_manifest
     from flowergan.errors import UserError
 
     info: dict[str, Any] = {"path": cfg.data.path}
     try:
         manifest = read_manifest(cfg.data.path)
     except (UserError, OSError, ValueError):
-        info["fingerprint"] = "not recorded (the data's manifest.json was not readable at export time)"
+        info["about"] = "not recorded (the data's manifest.json was not readable at export time)"
         return info
-    info.update(name=manifest.get("name"), fingerprint=manifest.get("fingerprint"),
-                images=manifest.get("num_samples"), resolution=manifest.get("resolution"))
+    kind = manifest.get("kind")
+    info.update(name=manifest.get("name"), kind=kind, images=manifest.get("num_samples"),
+                classes=manifest.get("num_classes"), resolution=manifest.get("resolution"), **fingerprints(manifest))
+    info["about"] = SYNTH_ABOUT if kind == "synthflowers" else \
+        f"images from {(manifest.get('source') or {}).get('path') or cfg.data.path}, sharded by `flowergan data`"
     return info
+
+
+def _budget(state: dict[str, Any], cfg: Config, dataset: dict[str, Any]) -> dict[str, Any]:
+    """What the run was set to train for, and how far this checkpoint got."""
+    tc = cfg.train
+    budget: dict[str, Any] = {"steps": state.get("step"), "planned": f"{tc.epochs:g} epochs" if tc.epochs > 0 else
+                              f"{tc.steps} steps", "batch_size": tc.batch_size, "images_seen": state.get("images_seen")}
+    if isinstance(dataset.get("images"), int) and dataset["images"] and isinstance(state.get("images_seen"), int):
+        budget["epochs"] = round(state["images_seen"] / dataset["images"], 2)
+    return budget
 
 
 def provenance(name: str, cfg: Config) -> dict[str, Any]:
@@ -86,18 +107,20 @@ def _yaml(value: Any, indent: int = 0) -> list[str]:
     return lines
 
 
-def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> dict[str, Any]:
+def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config, license: str = LICENSE) -> dict[str, Any]:
     """The model card's metadata as the Hub reads it, with flowergan's own keys under `flowergan`."""
     metrics = {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, (int, float))}
     dataset = _dataset(cfg)
     scores = [{"type": m.group(1), "name": k, "value": v} for k, v in metrics.items()
               if (m := SCORE.match(k)) and m.group(4) != "/std"]
     card: dict[str, Any] = {
+        "license": license,
         "library_name": "flowergan",
         "pipeline_tag": "unconditional-image-generation",
         "tags": ["flowergan", "dcgan", "gan", "unconditional-image-generation", "pytorch", "safetensors"],
         "flowergan": {
             "dataset": dataset, "training_steps": state.get("step"), "images_seen": state.get("images_seen"),
+            "budget": _budget(state, cfg, dataset),
             "weights": meta["weights"], "resolution": meta["resolution"], "nz": meta["nz"],
             "metrics": [{"name": k, "value": v, **provenance(k, cfg)} for k, v in metrics.items()],
         },
@@ -115,42 +138,83 @@ def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> di
     return card
 
 
-def model_card(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> str:
-    """README.md of an export folder: front matter, then how to use the model and what it was trained on."""
-    fm = front_matter(meta, state, cfg)
+def _quality(info: dict[str, Any], cfg: Config) -> str:
+    """The scores the checkpoint holds with their provenance, or the commands that compute them."""
+    scores = [m for m in info["metrics"] if "n_generated" in m]
+    if scores:
+        rows = "\n".join(f"| {m['name']} | {m['value']:.6g} | {m['statistic']}; N={m['n_generated']}, "
+                         f"{m['extractor']}, reference {m['reference']} |" for m in scores)
+        return f"| score | value | what it is |\n| --- | --- | --- |\n{rows}\n"
+    data = info["dataset"]["path"]
+    if info["dataset"].get("kind") == "synthflowers":
+        commands = (f"flowergan-eval synth-fd --ckpt . --data {data} --n 10000   # Fréchet distance, SynthNet "
+                    f"features\nflowergan-eval modes --ckpt . --data {data} --n 10000      # modes covered of 48, "
+                    "KL to uniform")
+    else:
+        commands = (f"flowergan-eval fid --ckpt . --data {data} --n 10000   # needs the Inception weights\n"
+                    f"flowergan-eval effnet-fd --ckpt . --data {data} --n 10000   # offline: pip install "
+                    "'flowergan[photo]'")
+    when = "its run had no in-training evaluation" if not cfg.eval.every else \
+        f"it was saved before the first in-training evaluation, every {cfg.eval.every} steps"
+    return (f"No quality score was recorded with this checkpoint ({when}). Compute them in this folder, with the "
+            "training data at hand:\n\n"
+            f"```\n{commands}\n```\n")
+
+
+def _data_text(dataset: dict[str, Any]) -> str:
+    lines = [dataset["about"] + "."]
+    if "images" in dataset:
+        lines.append(f"{dataset['images']} images of {dataset.get('resolution')} px in {dataset.get('classes')} "
+                     f"classes (`{dataset['path']}`, data set `{dataset.get('name')}`); shard fingerprint "
+                     f"`{dataset.get('shard_fingerprint') or '-'}` (the shard files), pixel fingerprint "
+                     f"`{dataset.get('pixel_fingerprint') or '-'}` (the decoded images, what evaluation caches key "
+                     "on).")
+    if dataset.get("kind") != "synthflowers":
+        lines.append("The data's own terms of use apply to what is made with these weights as well as the licence "
+                     "above.")
+    return " ".join(lines)
+
+
+def model_card(meta: dict[str, Any], state: dict[str, Any], cfg: Config, license: str = LICENSE,
+               samples: str | None = None) -> str:
+    """README.md of an export folder: front matter, samples, training data and budget, quality, how to use it.
+    `samples` is the sample grid's file name in the folder, if it holds one."""
+    from flowergan.export.usage import use_section
+
+    fm = front_matter(meta, state, cfg, license)
     info = fm["flowergan"]
-    res, nz = meta["resolution"], meta["nz"]
-    bn = meta.get("batchnorm") or "eval mode: running statistics saved with the weights"
-    rows = "\n".join(f"| {m['name']} | {m['value']:.6g} | {m['source']}"
-                     + (f"; N={m['n_generated']}, reference {m['reference']}" if "n_generated" in m else "") + " |"
-                     for m in info["metrics"]) or "| (none recorded) | | |"
+    res, budget = meta["resolution"], info["budget"]
+    rows = "\n".join(f"| {m['name']} | {m['value']:.6g} | {m['source']} |"
+                     for m in info["metrics"] if "n_generated" not in m) or "| (none recorded) | | |"
     files = ", ".join(f"`{f}`" for f in meta["files"].values())
+    grid = f"\n![{SAMPLES_CAPTION}]({samples})\n\n*{SAMPLES_CAPTION}.*\n" if samples else ""
+    epochs = f", {budget['epochs']:g} passes over the data" if "epochs" in budget else ""
     return f"""---
 {chr(10).join(_yaml(fm))}
 ---
 
 # flowergan DCGAN generator ({res}x{res})
 
-A DCGAN generator (Radford et al. 2016) trained with flowergan on
-`{info['dataset']['path']}` (fingerprint `{info['dataset']['fingerprint']}`) for {info['training_steps']} steps,
-{info['images_seen']} images seen. These are the weights of **{meta['weights']}**.
+A DCGAN generator (Radford et al. 2016) trained with flowergan. These are the weights of **{meta['weights']}**.
+{grid}
+Files: {files}, `config.json` (the model section and the conventions below){', `' + samples + '`' if samples else ''}.
+G only: no discriminator and no optimizer state; `model.safetensors` loads without unpickling anything.
+Licence: `{license}`.
 
-Files: {files}, `config.json` (the model section and the conventions below). G only: no discriminator and no
-optimizer state; `model.safetensors` loads without unpickling anything.
+## Training data
 
-## Use
+{_data_text(info['dataset'])}
 
-```python
-import flowergan
+## Training budget
 
-G = flowergan.load_generator("path/to/this/folder")
-images = flowergan.generate(G, 16, seed=0)  # uint8 [16, 3, {res}, {res}], RGB
-```
+{budget['steps']} steps of G at batch {budget['batch_size']} ({budget['images_seen']} images seen{epochs}); the run
+was set to train for {budget['planned']}.
 
-Input: z of shape [batch, {nz}], standard normal. Output: RGB images [batch, 3, {res}, {res}] in [-1, 1];
-uint8 = round((x + 1) * 127.5), clamped to [0, 255]. BatchNorm: {bn}.
+## Quality
 
-## Metrics at this checkpoint
+{_quality(info, cfg)}
+{use_section(meta)}
+## Training metrics at this checkpoint
 
 | metric | value | provenance |
 | --- | --- | --- |

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from flowergan.artifacts import checkpoint as ckpt_io
 from flowergan.artifacts.checkpoint import sha256_of
-from flowergan.artifacts.export_folder import CARD, CONFIG, FILES, FORMATS, KIND, WEIGHTS, generator_config
+from flowergan.artifacts.export_folder import CARD, CONFIG, FILES, FORMATS, KIND, SAMPLES, WEIGHTS, generator_config
 from flowergan.errors import UserError
 from flowergan.outputs import check_free, publish, remove, temporary_beside
 
@@ -33,10 +33,13 @@ def _source(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = ("safetensors",), ema: bool = True,
-           force: bool = False) -> Path:
-    """Write the export folder `out` for G_ema (or G with ema=False) of a checkpoint or run dir; returns `out`."""
+           force: bool = False, license: str = "apache-2.0") -> Path:
+    """Write the export folder `out` for G_ema (or G with ema=False) of a checkpoint or run dir; returns `out`.
+    `license` is what the model card declares (a Hugging Face Hub licence id)."""
+    from flowergan import visuals
     from flowergan.artifacts import open_generator
     from flowergan.export.card import model_card
+    from flowergan.generation import generate
 
     wanted, out = parse_formats(formats), Path(out)
     ckpt = ckpt_io.resolve_checkpoint(src)
@@ -60,7 +63,9 @@ def export(src: str | Path, out: str | Path, *, formats: str | Iterable[str] = (
                 graphs.write_onnx(G, tmp / FILES["onnx"])
         meta["sha256"] = {FILES[f]: sha256_of(tmp / FILES[f]) for f in wanted}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
-        (tmp / CARD).write_text(model_card(meta, state, cfg))
+        # The card's picture: the exported G itself, on the z `flowergan.generate(G, 64, seed=0)` draws.
+        visuals.save_png(visuals.to_grid(generate(G, 64, seed=0).float() / 127.5 - 1.0), tmp / SAMPLES)
+        (tmp / CARD).write_text(model_card(meta, state, cfg, license, samples=SAMPLES))
         publish(tmp, out)
     except BaseException:
         remove(tmp)

@@ -48,6 +48,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     rank, world = dist.rank(), dist.world_size()
     device = normalize(device) if device is not None else pick_device(cfg.train.device, "train.device")
     tc, run_dir = cfg.train, Path(cfg.log.run_dir)
+    asked_to_resume = resume and resume_from is None  # `--resume`, not a launcher's own restart (Ray Train's)
     if tc.batch_size % world:
         raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")
     if rank == 0:
@@ -65,6 +66,9 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
         ckpts.load(Path(resume_from), cfg, state)
     stream = stream or _build_stream(cfg, rank, world, device)
     steps = total_steps(cfg, stream.num_samples)
+    if asked_to_resume and state.step >= steps:
+        raise UserError(f"--resume: {run_dir} is already at step {state.step} of {steps}; raise train.steps (e.g. "
+                        f"--set train.steps={2 * steps}) or train.epochs to train further")
     schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
 
     G_train = dist.wrap(state.G, device, cfg.cluster.sync_batchnorm)
@@ -115,6 +119,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
                 if state.G_ema is not None and cfg.model.g_sample_bn == "batch":
                     recompute_bn_stats(state.G_ema)  # training-neutral: ema_update overwrites these buffers
                 ckpts.save(dict(metrics), best)
+        log.finish(state.step)
     finally:
         progress.stop()
         log.close()

@@ -74,11 +74,13 @@ class Staging:
 
     out: Path
     path: Path
+    made: list[Path]  # the folders open() created (--out and missing parents), deepest first
 
     @classmethod
     def open(cls, out: Path, force: bool) -> Staging:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a folder")
+        made = [p for p in (out, *out.parents) if not p.exists()]
         out.mkdir(parents=True, exist_ok=True)
         visible = [p for p in out.iterdir() if not p.name.startswith(".")]
         if visible and not (out / MANIFEST).is_file() and not force:
@@ -89,7 +91,7 @@ class Staging:
         path = out / f".staging-{os.getpid()}"
         archives.remove_tree(path)
         path.mkdir()
-        return cls(out, path)
+        return cls(out, path, made)
 
     def publish(self, shards_dir: Path, manifest: dict[str, Any]) -> None:
         """Replace the previous data set in --out (if any) by the new shards, manifest last."""
@@ -109,7 +111,14 @@ class Staging:
         write_manifest(self.out, manifest)
 
     def close(self) -> None:
+        """Remove the staging folder, and the folders open() made if nothing else is in them (a failed run leaves
+        no empty --out behind; a folder that was there before is never touched)."""
         archives.remove_tree(self.path)
+        for folder in self.made:
+            try:
+                folder.rmdir()  # only an empty folder: a published data set stays
+            except OSError:
+                break
 
 
 def _read_and_process(task: tuple[int, str, ImageOptions]) -> tuple[int, str | None, bytes | None, str | None]:

@@ -1,4 +1,5 @@
-"""Run logging on rank 0: TensorBoard scalars and images plus the same scalars as JSON lines.
+"""Run logging on rank 0: TensorBoard scalars, images, the resolved config (text) and the recipe's hyperparameters with
+the final metrics (HParams), plus the same scalars as JSON lines.
 
 Other ranks get `NullLogger`, so the loop never asks which rank it is before logging.
 """
@@ -9,7 +10,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -48,8 +49,16 @@ class NullLogger:
     def image(self, tag: str, step: int, grid: torch.Tensor) -> None:
         pass
 
+    def finish(self, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+# The tags whose last value the HParams tab shows next to the hyperparameters: the losses, D's outputs, speed and
+# every in-training score.
+FINAL = ("Loss/", "D/", "Speed/", "Eval/")
 
 
 class RunLogger(NullLogger):
@@ -62,8 +71,10 @@ class RunLogger(NullLogger):
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0,
-                 trackers: Sequence[Tracker] = ()):
+                 trackers: Sequence[Tracker] = (), config_text: str = "", hparams: dict[str, Any] | None = None):
         self.trackers = list(trackers)
+        self.hparams = dict(hparams or {})
+        self.last: dict[str, float] = {}  # each scalar tag's newest value
         # Everything logged at the resumed step itself describes the checkpointed state and stays.
         first_new = start_step + 1 if start_step > 0 else 0
         _trim_jsonl(run_dir / "metrics.jsonl", first_new)
@@ -73,10 +84,14 @@ class RunLogger(NullLogger):
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=first_new)
+            if config_text:  # TEXT tab; indented, so TensorBoard's markdown shows it as a code block
+                self.tb.add_text("config", "\n".join(f"    {line}" for line in config_text.splitlines()),
+                                 start_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         record = {"step": step, "time": round(time.time(), 3), **values}
         self.jsonl.write(json.dumps(record) + "\n")
+        self.last.update(values)
         if self.tb is not None:
             for tag, v in values.items():
                 self.tb.add_scalar(tag, v, step)
@@ -87,6 +102,19 @@ class RunLogger(NullLogger):
         """`grid` is a [3, H, W] float tensor in [0, 1]."""
         if self.tb is not None:
             self.tb.add_image(tag, grid, step)
+
+    def finish(self, step: int) -> None:
+        """At the end of training: the HParams tab's session for this run, the hyperparameters with the final value
+        of each FINAL tag. Written into the run's own event files (not the sub-run SummaryWriter.add_hparams makes),
+        so the session is the run, and its metrics are the scalars already logged under those tags."""
+        if self.tb is None or not self.hparams:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        final = {tag: v for tag, v in self.last.items() if tag.startswith(FINAL)}
+        writer = self.tb._get_file_writer()
+        for summary in hparams(self.hparams, final):
+            writer.add_summary(summary, step)
 
     def close(self) -> None:
         self.jsonl.close()

@@ -144,6 +144,14 @@ def open_trackers(cfg: Config, run_dir: Path) -> list[Tracker]:
     return out
 
 
+# The sections whose fields are the recipe (TensorBoard's HParams tab); [log], [eval] and [cluster] say where and
+# how a run is watched, not what it learns.
+RECIPE = ("data", "model", "optim", "train")
+
+
 def open_run_logger(cfg: Config, run_dir: Path, start_step: int) -> RunLogger:
-    """Rank 0's logger: metrics.jsonl, TensorBoard if asked, and every tracker of `log.backends`."""
-    return RunLogger(run_dir, wants_tensorboard(cfg.log), start_step=start_step, trackers=open_trackers(cfg, run_dir))
+    """Rank 0's logger: metrics.jsonl, TensorBoard if asked (with the resolved config and the recipe's
+    hyperparameters), and every tracker of `log.backends`."""
+    recipe = {f"{s}.{k}": v for s, values in cfg.to_dict().items() if s in RECIPE for k, v in values.items()}
+    return RunLogger(run_dir, wants_tensorboard(cfg.log), start_step=start_step, trackers=open_trackers(cfg, run_dir),
+                     config_text=cfg.to_toml(), hparams=recipe)
