@@ -203,12 +203,12 @@ def load(path: Path) -> tuple[Oracle, dict[str, Any]]:
     return model.eval(), info
 
 
-def ensure(real: RealSet, path: Path | None = None) -> tuple[Oracle, dict[str, Any], Path]:
+def ensure(real: RealSet, path: Path | None = None, progress: Any = None) -> tuple[Oracle, dict[str, Any], Path]:
     """The mode oracle of `real` from its directory, trained and saved there first when it is missing."""
     path = path or default_dir(real)
     if not (path / "oracle.json").is_file():
         print(f"training the mode oracle on {real.path} (saved to {path}; once per data set)", file=sys.stderr)
-        model, info = train(real)
+        model, info = train(real, progress=progress)
         save(model, info, path)
     model, info = load(path)
     return model, info, path
