@@ -109,8 +109,12 @@ def plan_report(real: RealSet | None, *, features: str = "", inception_weights: 
         if "synth_fd" not in metrics:
             metrics.insert(0, "synth_fd")
             spec_of["synth_fd"] = "synth"
-        metrics.append("modes")
-        spec_of["modes"] = "oracle"
+        oracle_here = bool(oracle_dir) or (O.default_dir(real) / "oracle.json").is_file()
+        if oracle_here or O.trainable(real):
+            metrics.append("modes")
+            spec_of["modes"] = "oracle"
+        else:
+            left.append(("modes (the oracle's reading)", O.too_few(real.path, real.num_samples, real.num_classes)))
         diversity = diversity or "synth"
     elif not features and not has_inception and effnet_installed():
         metrics.insert(0, "effnet_fd")
@@ -124,11 +128,14 @@ def plan_report(real: RealSet | None, *, features: str = "", inception_weights: 
                      "available: add Inception weights or --features"))
 
     prepare = []
-    if synth:
+    if "modes" in metrics:
+        if oracle_dir and not (Path(oracle_dir) / "oracle.json").is_file():
+            raise UserError(f"--oracle {oracle_dir}: no oracle there (oracle.json); train one with `flowergan-eval "
+                            "oracle train --data SYNTH_SHARDS --out DIR`, or leave --oracle out to train it now")
         oracle = Path(oracle_dir) if oracle_dir else O.default_dir(real)
         prepare.append(_cached(oracle / "oracle.json", "mode oracle", "trained on the shards now (about a minute "
                                                                       "on a CPU)"))
-        if "synth" in spec_of.values() or diversity == "synth":
-            prepare.append(_cached(O.default_dir(real) / SN.INFO, "SynthNet", "trained on the shards now"))
+    if "synth" in spec_of.values() or diversity == "synth":
+        prepare.append(_cached(O.default_dir(real) / SN.INFO, "SynthNet", "trained on the shards now"))
     assert all(m in M.REGISTRY for m in metrics)
     return ReportPlan(metrics, spec_of, diversity, left, prepare)
