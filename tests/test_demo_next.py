@@ -87,6 +87,19 @@ def test_closing_lines_give_commands_that_work_as_printed():
     assert "demo-next" in demo_recipe.splitlines()[-1]
 
 
+def test_readme_first_screen_is_make_demo_then_the_commands_it_prints():
+    """From clone to report in commands that work as printed: the README's first block is `make demo` and exactly
+    the commands the demo prints (which the tests here run)."""
+    text = (ROOT / "README.md").read_text()
+    first_screen = text[:text.index("make test")]
+    block = re.search(r"```\n(make demo\n.*?)```", first_screen, re.S)
+    assert block, "the README's first screen has no `make demo` block"
+    lines = block.group(1).splitlines()
+    assert lines[0] == "make demo"
+    assert sorted(map(shlex.split, lines[1:])) == sorted(hinted_commands(demo_next()))
+    assert "source .venv/bin/activate" in first_screen
+
+
 def test_tensorboard_hint_reads_the_runs_events(demo, offline):
     (argv,) = [c for c in hinted_commands(demo_next(VENV)) if Path(c[0]).name == "tensorboard"]
     # --inspect reads the log dir the hint names and exits, instead of serving it.
