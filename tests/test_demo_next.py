@@ -113,7 +113,7 @@ def test_report_hint_works_offline_with_no_weights(demo, offline):
     (argv,) = [c for c in hinted_commands(demo_next(VENV)) if Path(c[0]).name == "flowergan-eval"]
     proc = subprocess.run(argv, cwd=demo, env=offline, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "--data not given: comparing with data/synth64" in proc.stderr
+    assert "--data not given: using data/synth64" in proc.stderr
     assert "oracle training" in proc.stderr and "SynthNet training" in proc.stderr  # trained now, with a bar
     page = (demo / argv[argv.index("--out") + 1]).read_text()
     assert "synth_fd2k" in page and "modes2k/covered" in page and "fid2k" not in page
@@ -166,7 +166,7 @@ def test_eval_commands_fall_back_to_the_runs_recorded_data(demo, offline, monkey
     result = CliRunner().invoke(app, ["diversity", "--ckpt", "runs/smoke", "--n", "24", "--features", "synth",
                                       "--json", "--no-progress"])
     assert result.exit_code == 0, result.stderr + repr(result.exception)
-    assert result.stderr.count("--data not given: comparing with data/synth64") == 1  # said once, in one line
+    assert result.stderr.count("--data not given: using data/synth64") == 1  # said once, in one line
     assert json.loads(result.stdout)["provenance"]["reference"]["data"] == "data/synth64"
     explicit = CliRunner().invoke(app, ["synth_fd", "--ckpt", "runs/smoke", "--n", "24", "--data", "data/synth64",
                                         "--json", "--no-progress"])

@@ -94,7 +94,7 @@ class Evaluation:
             self.data_problem = f"--data not given, and {path} (recorded in {self.ckpt}'s config) is not " \
                                 f"readable here ({e}); pass --data SHARDS"
             return opts
-        print(f"--data not given: comparing with {path}, the shards recorded in the run's config", file=sys.stderr)
+        print(f"--data not given: using {path}, the shards recorded in the run's config", file=sys.stderr)
         return replace(opts, data=path)
 
     # ------------------------------------------------------------ pieces, each computed once

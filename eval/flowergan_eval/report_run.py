@@ -82,18 +82,22 @@ def dry_run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None =
     result: dict[str, Any] = {"command": "report --dry-run", "out": str(out), "plan": None, "estimate_s": None,
                               "problems": [], "messages": []}
     say, problems = result["messages"], result["problems"]
+
+    def stop(e: UserError) -> None:  # the real run stops at the first problem; the rest are checked anyway
+        say.append(f"{'also' if problems else 'the real run would stop'}: {e}")
+        problems.append(str(e))
+
     try:
         pick_device(opts.device)
     except UserError as e:
-        problems.append(str(e))
+        stop(e)
         opts = Options(**{**opts.__dict__, "device": "cpu"})  # check the rest where this machine can
     try:
         ev = Evaluation(ckpt, opts)
         ev.require_checkpoint(WHY_CHECKPOINT)
         plan = _plan(ev, oracle_dir)
     except UserError as e:
-        problems.append(str(e))
-        say.append(f"the real run would stop: {e}")
+        stop(e)
         return result
     result["plan"] = plan.describe()
     say.append(f"would write {out}: {ev.generator_name} of {ev.ckpt} (step {ev.state.get('step')}) against "
