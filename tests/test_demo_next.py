@@ -133,7 +133,7 @@ def test_dry_run_agrees_with_the_real_run(demo, offline, monkeypatch, tmp_path):
     assert code == 0, err
     assert dry["problems"] == [] and dry["plan"]["metrics"] == ["synth_fd", "modes"]
     assert any("mode oracle: trained on the shards now" in m for m in dry["messages"])
-    assert dry["estimate_s"] > 0
+    assert dry["estimate_s"] > 0 and any(m.startswith("estimate: about") for m in dry["messages"])
     code, real, err = _cli("report", "--ckpt", "runs/smoke", "--n", "48", "--out", str(tmp_path / "r.html"))
     assert code == 0, err
     assert real["plan"] == dry["plan"]
@@ -173,15 +173,20 @@ def test_eval_commands_fall_back_to_the_runs_recorded_data(demo, offline, monkey
     assert explicit.exit_code == 0 and "--data not given" not in explicit.stderr
 
 
-def test_a_long_run_warns_with_an_estimate_before_starting(demo, offline):
+def test_a_long_dry_run_prints_the_estimate_and_an_n_that_fits(demo, offline):
     code, dry, err = _cli("report", "--ckpt", str(demo / "runs" / "smoke"), "--data", str(demo / "data" / "synth64"),
                           "--n", "20000000", "--dry-run")
     assert code == 0 and dry["estimate_s"] > 600, err
     warning = next(m for m in dry["messages"] if m.startswith("warning:"))
     suggested = int(re.search(r"--n (\d+) takes about", warning).group(1))
     assert 100 <= suggested < 20_000_000
-    # The real run says the same before it computes anything: stopped as soon as it has.
-    proc = subprocess.Popen(PY + ["report", "--ckpt", "runs/smoke", "--n", "20000000", "--no-progress"], cwd=demo,
+
+
+@pytest.mark.parametrize("command", [["report"], ["synth_fd"], ["diversity", "--features", "synth"]],
+                         ids=lambda c: c[0])
+def test_a_long_run_warns_before_it_starts(demo, offline, command):
+    """The real command says it before it computes anything (stopped as soon as it has)."""
+    proc = subprocess.Popen(PY + [*command, "--ckpt", "runs/smoke", "--n", "20000000", "--no-progress"], cwd=demo,
                             env=offline, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         deadline, seen = time.monotonic() + 300, ""

@@ -22,6 +22,7 @@ from flowergan_eval import metrics as M
 from flowergan_eval import oracle as O
 from flowergan_eval.api import Evaluation, Options
 from flowergan_eval.plan import report_metrics  # noqa: F401 - the report's metric choice, re-exported
+from flowergan_eval.timing import warn_if_long
 
 
 def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
@@ -34,6 +35,7 @@ def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
         if ev.real is None and (opts.features or metric.features) == "synth":
             raise UserError(ev.data_problem or f"{base} with SynthNet features: pass --data SYNTH_SHARDS "
                                                "(SynthNet is trained on them)")
+        warn_if_long(ev, [opts.features or metric.features])
         values = ev.metrics([base])
         prov = ev.provenance(with_reference=metric.needs_real)
     return {"command": base, "metrics": values, "provenance": prov, "notes": notes_for(values),
@@ -59,6 +61,7 @@ def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]
         ev = Evaluation(ckpt, opts, bar=bar)
         if ev.real is None:
             raise UserError(ev.data_problem or "diversity compares with real images: pass --data SHARDS")
+        warn_if_long(ev, [ev.default_features])
         out = ev.diversity(n_pairs=pairs)
         prov = ev.provenance()
     notes = notes_for(out["metrics"])
@@ -152,6 +155,8 @@ def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
     with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(None, opts, bar=bar)
         real = ev.require_real()
+        if recompute or not S.is_cached(real, ev.extractor, opts.ref_n):
+            warn_if_long(ev, [ev.default_features])
         ref = S.reference(real, ev.extractor, n=opts.ref_n, batch=opts.batch, progress=bar, recompute=recompute)
     prov = {"n": ref.n, "reference": {**real.describe(), "n": ref.n, "cached": ref.cached,
                                       "skipped": ref.meta.get("skipped", 0)},

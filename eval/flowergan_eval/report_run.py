@@ -37,38 +37,10 @@ def _plan(ev: Evaluation, oracle_dir: str | None) -> ReportPlan:
 
 def measure(ev: Evaluation, plan: ReportPlan, oracle_dir: str | None) -> E.Estimate:
     """Time one small batch through G and through every network the plan reads images with."""
-    from flowergan_eval import oracle as O
-    from flowergan_eval import synthnet as SN
-    from flowergan_eval.real import count
-    from flowergan_eval.stats import is_cached
+    from flowergan_eval.timing import measure as measure_specs
 
-    real = ev.require_real()
-    G = ev.generator()
-    z = FT.latents(E.PROBE, ev.nz, ev.opts.seed + 1)
-
-    def run_g(zz: torch.Tensor) -> list[torch.Tensor]:
-        return [x.cpu() for x in FT.generate(G, zz, batch=len(zz), device=ev.device)]
-
-    g_s = E.per_image_s(run_g, z)
-    images = torch.cat(run_g(z))
-    readers: dict[str, tuple[float, int]] = {}
-    n_ref = count(real, ev.opts.ref_n)
-    train = 0
-    for spec in sorted({s for s in plan.features.values() if s != "oracle"} | ({plan.diversity} - {""})):
-        trained = (O.default_dir(real) / SN.INFO).is_file()
-        if spec == "synth" and not trained:  # time an untrained SynthNet: the same network, the same cost
-            extractor: Any = SN.SynthExtractor(SN.SynthNet(real.num_classes), {}, device=ev.device)
-            train = real.num_samples
-            n_real = n_ref
-        else:
-            extractor = ev.extractor_for(spec)
-            n_real = 0 if is_cached(real, extractor, ev.opts.ref_n) else n_ref
-        readers[spec] = (E.per_image_s(extractor, images), n_real)
-    if "modes" in plan.metrics:
-        readers["the mode oracle"] = (E.per_image_s(O.describe, images), min(ev.opts.n, n_ref))
-        if not oracle_dir and not (O.default_dir(real) / "oracle.json").is_file():
-            train = real.num_samples
-    return E.estimate(n=ev.opts.n, g_s=g_s, readers=readers, train_images=train)
+    return measure_specs(ev, [*plan.features.values(), plan.diversity], modes="modes" in plan.metrics,
+                         oracle_dir=oracle_dir)
 
 
 def dry_run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
