@@ -12,7 +12,7 @@ import torch
 
 WARN_AFTER_S = 600.0  # longer than this: a warning with the estimate, before the work starts
 PROBE = 8  # images timed per network (after one warm-up call)
-TRAIN_S_PER_IMAGE = 0.02  # the oracle and SynthNet together, per training image, measured on 2 CPU cores
+TRAIN_S_PER_IMAGE = 0.02  # the oracle and SynthNet together, per training image: 0.015 on 2 idle CPU cores, 0.04 busy
 
 
 @dataclass

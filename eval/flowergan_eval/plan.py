@@ -42,10 +42,10 @@ def inception_weights_found(weights: str | None) -> tuple[bool, str]:
     except UserError as e:
         if weights or os.environ.get(W.ENV_WEIGHTS):
             return False, str(e)  # a path was given and is wrong: say which
-        # The report never downloads: it must work offline. `stats --features inception` fetches them where allowed.
-        return False, (f"no FID Inception weights here: pass --inception-weights PATH, set {W.ENV_WEIGHTS}=PATH, or "
-                       f"put {W.OFFICIAL_NAME} in {W.cache_dir()}/ (`flowergan-eval stats --features inception` "
-                       "downloads it there where the network allows)")
+        # Unasked, the report never downloads: it must work offline. Asked (--features inception), it does.
+        return False, (f"no FID Inception weights here: pass --inception-weights PATH, set {W.ENV_WEIGHTS}=PATH, "
+                       f"put {W.OFFICIAL_NAME} in {W.cache_dir()}/, or pass --features inception to download it "
+                       "there (where the network allows)")
 
 
 def effnet_installed(variant: str = "effnet-lite2") -> bool:
@@ -92,8 +92,6 @@ def plan_report(real: RealSet | None, *, features: str = "", inception_weights: 
         return ReportPlan(metrics, spec_of, "", left)
 
     if features:  # the user's extractor: its own Fréchet distance, KID and PRDC (IS needs ImageNet logits)
-        if features == "inception" and not has_inception:
-            raise UserError(f"--features inception: {where}")
         metrics = report_metrics(features)
         spec_of = {m: features for m in metrics}
         diversity = features
@@ -128,6 +126,10 @@ def plan_report(real: RealSet | None, *, features: str = "", inception_weights: 
                      "available: add Inception weights or --features"))
 
     prepare = []
+    if "inception" in spec_of.values() and not has_inception:
+        from flowergan_eval.weights import cache_dir
+
+        prepare.append(f"Inception weights: none here, downloaded into {cache_dir()} first (where the network allows)")
     if "modes" in metrics:
         if oracle_dir and not (Path(oracle_dir) / "oracle.json").is_file():
             raise UserError(f"--oracle {oracle_dir}: no oracle there (oracle.json); train one with `flowergan-eval "

@@ -77,7 +77,11 @@ def dry_run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None =
     say.append(f"metrics: {', '.join(plan.metrics) or 'none'}; diversity features: {plan.diversity or 'none'}")
     say += [f"left out: {what}: {why}" for what, why in plan.left_out]
     say += plan.prepare
-    est = measure(ev, plan, oracle_dir)
+    try:  # loads every extractor: the weights are checked (and fetched when --features inception asks for them)
+        est = measure(ev, plan, oracle_dir)
+    except UserError as e:
+        stop(e)
+        return result
     result["estimate_s"] = round(est.seconds, 1)
     say.append(E.warning(est, opts.n, str(ev.device)) or f"estimate: about {E.clock(est.seconds)} on {ev.device}")
     return result
