@@ -101,46 +101,15 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         warning = E.warning(measure(ev, plan, oracle_dir), opts.n, str(ev.device))
         if warning:
             print(warning, file=sys.stderr)
-        real = ev.require_real()
         metrics = ev.metrics([b for b in plan.metrics if b != "modes"])
         reference: dict[str, float] = {}
         for base in plan.metrics:
             if base != "modes":
                 reference.update(B.feature_baseline(base, opts.n, ev.reference_for(plan.features[base]).pool,
                                                     device=ev.device))
-        if plan.diversity:
-            div = ev.diversity(n_pairs=500)
-            metrics.update(div["metrics"])
-            label = ev.extractor_for(plan.diversity).name
-            ev.extractor_of.update({k: label for k in div["metrics"] if not k.startswith("ms_ssim")})
-            reference.update(B.diversity_baseline(opts.n, ev.reference.pool, seed=opts.seed))
-            real_x = ev.real_images[0]
-            closest = div["details"]["closest"]
-            sections["closest"] = [(L.grid_png(ev.fake_images[g:g + 1], nrow=1),
-                                    L.grid_png(real_x[t:t + 1], nrow=1), dist) for g, t, dist in closest]
-        else:  # no feature space here: MS-SSIM reads pixels
-            from flowergan_eval import diversity as DV
-            from flowergan_eval.real import load_real
-
-            real_x = load_real(real, min(opts.n, real.num_samples))[0]
-            c = M.count_suffix(opts.n)
-            metrics[f"ms_ssim{c}/generated"] = DV.mean_ms_ssim(ev.fake_images, n_pairs=500, seed=opts.seed)[0]
-            metrics[f"ms_ssim{c}/real"] = DV.mean_ms_ssim(real_x, n_pairs=500, seed=opts.seed)[0]
-        for key in [k for k in metrics if k.startswith("ms_ssim") and k.endswith("/generated")]:
-            reference[key] = metrics[key.replace("/generated", "/real")]
+        real_x = _diversity(ev, plan, metrics, reference, sections)
         if "modes" in plan.metrics:
-            from flowergan_eval.commands import mode_counts
-
-            s = mode_counts(ev, oracle_dir, 0, train=True)  # trains the oracle on the shards when none is cached
-            names = s["classes"] or [str(i) for i in range(s["num_modes"])]
-            sections["modes"] = {"png": L.histogram_png(s["counts"], names, f"Generated samples per mode (N={opts.n}, "
-                                                        f"oracle accuracy {s['oracle_accuracy']:.2%})", s["min_count"]),
-                                 "covered": s["covered"], "of": s["num_modes"], "kl": s["kl_uniform"]}
-            c = M.count_suffix(opts.n)
-            metrics.update({f"modes{c}/covered": s["covered"], f"modes{c}/of": s["num_modes"],
-                            f"modes{c}/kl_uniform": s["kl_uniform"]})
-            ev.extractor_of.update({f"modes{c}/{k}": "mode oracle" for k in ("covered", "of", "kl_uniform")})
-            reference.update(B.modes_baseline(opts.n, real_x, s["oracle"]))
+            _modes(ev, oracle_dir, real_x, metrics, reference, sections)
         sections["grids"] = _grids(ev, ckpt_dir, real_x)
         sections["latent"] = latent_pictures(ev)
         prov = ev.provenance(with_extractor=bool(ev.__dict__.get("_extractors")))
@@ -162,6 +131,52 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
             "plan": plan.describe(), "path": str(out), "extractor_of": dict(ev.extractor_of),
             "messages": [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)"]
             + [f"left out: {what}: {why}" for what, why in plan.left_out]}
+
+
+def _diversity(ev: Evaluation, plan: ReportPlan, metrics: dict[str, float], reference: dict[str, float],
+               sections: dict[str, Any]) -> torch.Tensor:
+    """The diversity and memorisation measures (in the plan's features; MS-SSIM alone, on pixels, without any),
+    their real-vs-real values and the closest pairs; returns the real images they read."""
+    opts = ev.opts
+    if plan.diversity:
+        div = ev.diversity(n_pairs=500)
+        metrics.update(div["metrics"])
+        label = ev.extractor_for(plan.diversity).name
+        ev.extractor_of.update({k: label for k in div["metrics"] if not k.startswith("ms_ssim")})
+        reference.update(B.diversity_baseline(opts.n, ev.reference.pool, seed=opts.seed))
+        real_x = ev.real_images[0]
+        sections["closest"] = [(L.grid_png(ev.fake_images[g:g + 1], nrow=1), L.grid_png(real_x[t:t + 1], nrow=1),
+                                dist) for g, t, dist in div["details"]["closest"]]
+    else:
+        from flowergan_eval import diversity as DV
+        from flowergan_eval.real import load_real
+
+        real_x = load_real(ev.require_real(), min(opts.n, ev.require_real().num_samples))[0]
+        c = M.count_suffix(opts.n)
+        metrics[f"ms_ssim{c}/generated"] = DV.mean_ms_ssim(ev.fake_images, n_pairs=500, seed=opts.seed)[0]
+        metrics[f"ms_ssim{c}/real"] = DV.mean_ms_ssim(real_x, n_pairs=500, seed=opts.seed)[0]
+    for key in [k for k in metrics if k.startswith("ms_ssim") and k.endswith("/generated")]:
+        reference[key] = metrics[key.replace("/generated", "/real")]  # the real images' own MS-SSIM
+    return real_x
+
+
+def _modes(ev: Evaluation, oracle_dir: str | None, real_x: torch.Tensor, metrics: dict[str, float],
+           reference: dict[str, float], sections: dict[str, Any]) -> None:
+    """Modes covered and KL read by the oracle (trained on the shards first when none is cached), the histogram,
+    and the same reading of real images."""
+    from flowergan_eval.commands import mode_counts
+
+    n = ev.opts.n
+    s = mode_counts(ev, oracle_dir, 0, train=True)
+    names = s["classes"] or [str(i) for i in range(s["num_modes"])]
+    title = f"Generated samples per mode (N={n}, oracle accuracy {s['oracle_accuracy']:.2%})"
+    sections["modes"] = {"png": L.histogram_png(s["counts"], names, title, s["min_count"]),
+                         "covered": s["covered"], "of": s["num_modes"], "kl": s["kl_uniform"]}
+    c = M.count_suffix(n)
+    metrics.update({f"modes{c}/covered": s["covered"], f"modes{c}/of": s["num_modes"],
+                    f"modes{c}/kl_uniform": s["kl_uniform"]})
+    ev.extractor_of.update({f"modes{c}/{k}": "mode oracle" for k in ("covered", "of", "kl_uniform")})
+    reference.update(B.modes_baseline(n, real_x, s["oracle"]))
 
 
 def _reference_note(n: int, ev: Evaluation) -> str:
