@@ -156,7 +156,7 @@ def test_report_in_offline_imagenet_features(run_dir, tmp_path_factory, tmp_path
                                       "--ref-n", "12", "--out", str(out), "--json", "--no-progress",
                                       "--features", "effnet-lite2"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     assert {"effnet_fd12", "kid12", "prdc12/coverage"} <= set(r["metrics"])
     assert not any(k.startswith(("fid", "is")) for k in r["metrics"])
     assert "effnet-lite2 imagenet" in out.read_text()
