@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/flowergan sample --ckpt runs/smoke --n 64 --seed 1 --out runs/smoke/final-grid.png
 	@$(MAKE) --no-print-directory -s demo-next
 
-# The demo's closing lines: commands that work as printed from the clone (tests/test_demo_hint.py runs them).
+# The demo's closing lines: commands that work as printed from the clone (tests/test_demo_next.py runs them).
 # The commands live in $(BIN), which is not on PATH until the venv is activated.
 demo-next:
 	@echo "demo done: runs/smoke/progress.gif (samples over training), runs/smoke/final-grid.png, runs/smoke/losses.png"

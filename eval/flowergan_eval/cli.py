@@ -32,7 +32,8 @@ app.add_typer(oracle_app, name="oracle")
 Ckpt = Annotated[str, typer.Option("--ckpt", help="A run directory (its newest checkpoint), a checkpoint directory, "
                                                   "or an export folder (G only: enough for every metric).")]
 Data = Annotated[str, typer.Option("--data", help="Real shards (folder with manifest.json, or URL) to compare "
-                                                  "with.")]
+                                                  "with. Default: the shards the checkpoint's run recorded "
+                                                  "(eval.data, else data.path).")]
 N = Annotated[int, typer.Option("--n", help="Generated images (the metric's name carries it: fid10k).")]
 Batch = Annotated[int, typer.Option("--batch", help="Images per forward pass.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
