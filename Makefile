@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Docker image) change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast bench lint install dev clean system-deps
+.PHONY: demo demo-next test test-fast bench lint install dev clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,15 @@ demo: install
 	rm -rf runs/smoke
 	$(BIN)/flowergan train --config jobs/smoke.toml --run-dir runs/smoke
 	$(BIN)/flowergan sample --ckpt runs/smoke --n 64 --seed 1 --out runs/smoke/final-grid.png
-	@echo "demo done: look at runs/smoke/progress.gif and runs/smoke/final-grid.png;" \
-	      "tensorboard --logdir runs/smoke/tb"
+	@$(MAKE) --no-print-directory -s demo-next
+
+# The demo's closing lines: commands that work as printed from the clone (tests/test_demo_next.py runs them).
+# The commands live in $(BIN), which is not on PATH until the venv is activated.
+demo-next:
+	@echo "demo done: runs/smoke/progress.gif (samples over training), runs/smoke/final-grid.png, runs/smoke/losses.png"
+	@echo "next, from this folder (the commands live in $(BIN); or 'source $(BIN)/activate' and drop the prefix):"
+	@echo "  $(BIN)/tensorboard --logdir runs/smoke/tb"
+	@echo "  $(BIN)/flowergan-eval report --ckpt runs/smoke --n 2000 --out runs/smoke/report.html"
 
 test: install system-deps
 	$(BIN)/python -m pytest -q --durations=15

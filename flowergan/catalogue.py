@@ -77,7 +77,8 @@ MEASURES: dict[str, dict[str, str]] = {
             "/js": "JS divergence (bits) of the bin histograms; 0 = same"},
     "near_dup": {"/rate": "samples with a generated neighbour closer than real images' 1st-percentile NN distance"},
     "memorisation": {"/nn_ratio": "median NN distance to training images / real images' own; << 1 = copying",
-                     "/nn_dist_median": "median Inception distance of a sample to its nearest training image"},
+                     "/nn_dist_median": "median distance (in the diversity measures' features) of a sample to its "
+                                       "nearest training image"},
 }
 
 

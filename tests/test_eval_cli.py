@@ -41,11 +41,12 @@ def _env(setup, monkeypatch):
     monkeypatch.setenv(W.ENV_URL, "http://127.0.0.1:9/never-downloaded.pth")
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The installed console script if there is one (as a user runs it), else the same entry point."""
     exe = Path(sys.executable).parent / "flowergan-eval"
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from flowergan_eval.cli import main; main()"]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300, env=env or dict(os.environ))
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300, env=env or dict(os.environ),
+                          cwd=cwd)
 
 
 def _invoke(*args: str):
@@ -155,7 +156,8 @@ def test_user_errors_are_one_line_and_exit_2(setup, tmp_path):
         (["is", "--ckpt", str(setup["run"]), "--n", "4", "--inception-weights", str(setup["weights"])], "--n"),
     ]
     for args, expected in cases:
-        proc = _cli(*args, "--no-progress")
+        # Away from the clone: without --data the run's recorded data/synth64 is used where it exists (after make demo).
+        proc = _cli(*args, "--no-progress", cwd=tmp_path)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (args, proc.stderr)

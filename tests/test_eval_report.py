@@ -36,12 +36,24 @@ def _chromium_or_skip() -> str:
 
 
 def _log_run(run: Path) -> None:
-    """Scalars as the trainer logs them: TensorBoard events + metrics.jsonl (the real RunLogger)."""
+    """Scalars as the trainer logs them: TensorBoard events + metrics.jsonl (the real RunLogger), an in-training
+    metric every other step, and fixed-noise sample grids written by the trainer's SampleWriter."""
+    from flowergan.artifacts import open_generator
+    from flowergan.train.observe.logs import NullLogger
+    from flowergan.train.observe.samples import SampleWriter
+
     logger = RunLogger(run, tensorboard=True)
     for s in STEPS:
         logger.scalars(s, {"Loss/D": 1.4 - s / 200, "Loss/G": 0.7 + s / 150, "D/real": 0.5 + s / 400,
                            "D/fake_before": 0.5 - s / 400, "D/fake_after": 0.45, "Speed/img_per_s": 100.0})
+        if s % 40 == 0:
+            logger.scalars(s, {"Eval/kid1k": 0.5 - s / 400, "Eval/kid1k/std": 0.01})
     logger.close()
+    G = open_generator(run)
+    writer = SampleWriter(run, NullLogger(), torch.randn(16, 16, generator=torch.Generator().manual_seed(0)),
+                          "eval", enabled=True)
+    for s in STEPS:
+        writer.write(s, G, G)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +61,10 @@ def run_dir(tmp_path_factory) -> Path:
     run = testing.checkpoint(tmp_path_factory.mktemp("report") / "run", weight_std=0.15)
     _log_run(run)
     return run
+
+
+SECTIONS = ("summary", "left-out", "fidelity", "diversity", "memorisation", "samples", "progress", "curves",
+            "in-training", "closest", "latent", "recipe", "provenance")
 
 
 def test_scalars_are_read_back_from_tensorboard_events_then_metrics_jsonl(run_dir, tmp_path):
@@ -79,25 +95,35 @@ def test_report_is_self_contained_and_renders_in_chromium(run_dir, tmp_path_fact
     result = CliRunner().invoke(app, ["report", "--ckpt", str(run_dir), "--data", str(data), "--n", "12",
                                       "--ref-n", "12", "--out", str(out), "--json", "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    r = json.loads(result.output)
-    assert {"fid12", "kid12", "is12", "prdc12/coverage", "ms_ssim12/generated", "ndb12/js"} <= set(r["metrics"])
+    r = json.loads(result.stdout)
+    assert {"fid12", "kid12", "is12", "prdc12/coverage", "synth_fd12", "ms_ssim12/generated",
+            "ndb12/js"} <= set(r["metrics"])
+    # Every KID subset holds all 12 generated images: its std would only measure the draw of real ones.
+    assert "kid12/std" not in r["metrics"] and r["metrics"]["kid12/subset_size"] == 12
+    # Real vs real on the same N beside the scores (12 of the 40 real images against the other 28).
+    assert {"fid12", "kid12", "synth_fd12", "prdc12/coverage", "ndb12/js"} <= set(r["reference"])
+    assert r["reference"]["fid12"] < r["metrics"]["fid12"]  # an untrained G is further from real than real is
+    # 40 SynthFlowers cannot train a 48-mode oracle: the plan leaves modes out and says why.
+    assert "modes" not in r["plan"]["metrics"] and any("too few" in x["why"] for x in r["plan"]["left_out"])
     page = out.read_text()
     # Self-contained: every image is inline, nothing is fetched from anywhere.
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)
     assert page.count("data:image/png;base64,") >= 8 and "data:image/gif;base64," in page
     assert "TensorBoard events" in page and "tf1-bilinear 64-&gt;299" in page and "fid12" in page
-    assert "No oracle" not in page and "oracle train --data" in page  # SynthFlowers data, no oracle trained yet
+    assert "latent_pca" not in page and "PCA of z" not in page  # an isotropic z has no direction to show
+    assert "Fidelity: far from real images" in page and "lr G" in page  # the verdict; the recipe
 
     profile = tmp_path / "chromium-profile"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}"]
     shot = tmp_path / "shot.png"
-    proc = subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri()],
+    # Tall enough to reach past the summary and the metric tables (text only) to the samples.
+    proc = subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,4000", out.as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert shot.is_file(), proc.stderr
     pixels = np.asarray(Image.open(shot).convert("RGB"))
-    assert pixels.shape[:2] == (1600, 1200)
+    assert pixels.shape[:2] == (4000, 1200)
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # text, plots, samples
     dom = subprocess.run(flags + ["--virtual-time-budget=10000", "--dump-dom", out.as_uri()], capture_output=True,
                          text=True, timeout=120).stdout
@@ -105,6 +131,12 @@ def test_report_is_self_contained_and_renders_in_chromium(run_dir, tmp_path_fact
     assert marker, "the page's load check did not run"
     loaded, total = int(marker.group(1)), int(marker.group(2))
     assert total >= 9 and loaded == total  # every inline image decoded
+    # The sections, in the order a reader meets them, in the DOM the browser built.
+    at = [dom.find(f'id="{name}"') for name in SECTIONS]
+    assert all(i >= 0 for i in at), [n for n, i in zip(SECTIONS, at) if i < 0]
+    assert at.index(min(at)) == 0 and dom.find('id="summary"') < dom.find('id="fidelity"') < dom.find('id="recipe"')
+    frames = re.findall(r'alt="step (\d+)"', dom)
+    assert frames == [str(s) for s in STEPS]  # samples over training: the run's six grids
 
 
 @pytest.mark.slow  # ~60 images through EfficientNet-Lite2 at 260 px
@@ -124,7 +156,7 @@ def test_report_in_offline_imagenet_features(run_dir, tmp_path_factory, tmp_path
                                       "--ref-n", "12", "--out", str(out), "--json", "--no-progress",
                                       "--features", "effnet-lite2"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     assert {"effnet_fd12", "kid12", "prdc12/coverage"} <= set(r["metrics"])
     assert not any(k.startswith(("fid", "is")) for k in r["metrics"])
     assert "effnet-lite2 imagenet" in out.read_text()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -72,17 +72,39 @@ class Evaluation:
             self.generator_name, self.state = self.artifact.generator_name, self.artifact.state
             self.nz = self.cfg.model.nz
             self.resolution = self.cfg.model.resolution
+        self.data_problem = ""  # why the run's recorded data could not be used, said when real images are needed
+        if not opts.data and self.artifact is not None:
+            self.opts = opts = self._recorded_data(opts)
         self.real: RealSet | None = open_real(opts.data) if opts.data else None
         if self.real is not None and self.ckpt is not None and self.real.resolution != self.resolution:
             raise UserError(f"--data {opts.data} holds {self.real.resolution} px images but {self.ckpt} generates "
                             f"{self.resolution} px images; evaluate against shards of the same size "
                             f"(`flowergan data shard SRC --out DIR --size {self.resolution}`)")
 
+    def _recorded_data(self, opts: Options) -> Options:
+        """`opts` with --data set to the shards the run recorded in its config (eval.data, else data.path), said in
+        one line on stderr; unchanged (the reason kept for require_real) when that path is not readable here."""
+        assert self.artifact is not None
+        path = recorded_data(self.artifact)
+        if not path:
+            return opts
+        try:
+            open_real(path)
+        except UserError as e:
+            self.data_problem = f"--data not given, and {path} (recorded in {self.ckpt}'s config) is not " \
+                                f"readable here ({e}); pass --data SHARDS"
+            return opts
+        print(f"--data not given: using {path}, the shards recorded in the run's config", file=sys.stderr)
+        return replace(opts, data=path)
+
     # ------------------------------------------------------------ pieces, each computed once
     @property
     def default_features(self) -> str:
-        """The extractor of the measures that do not name one (diversity, stats): --features, else Inception."""
-        return self.opts.features or "inception"
+        """The extractor of the measures that do not name one (diversity, stats): --features, else the one a caller
+        chose (`diversity_features`: the report's plan), else Inception."""
+        return self.opts.features or self.diversity_features or "inception"
+
+    diversity_features = ""  # set by the report to the extractor its plan found
 
     def extractor_for(self, spec: str) -> Any:
         """The extractor `spec` names (inception, synth, PATH), loaded once."""
@@ -91,7 +113,7 @@ class Evaluation:
             from flowergan_eval.extractors import load_extractor
 
             cache[spec] = load_extractor(spec, real=self.real, device=self.device,
-                                         inception_weights=self.opts.inception_weights)
+                                         inception_weights=self.opts.inception_weights, progress=self.bar)
         return cache[spec]
 
     def reference_for(self, spec: str) -> Reference:
@@ -119,7 +141,7 @@ class Evaluation:
 
     def require_real(self) -> RealSet:
         if self.real is None:
-            raise UserError("--data is required: the real shards to compare with")
+            raise UserError(self.data_problem or "--data is required: the real shards to compare with")
         return self.real
 
     @cached_property
@@ -190,7 +212,8 @@ class Evaluation:
         return prov
 
     def mode_predictions(self, oracle_dir: str | None = None, train: bool = False) -> tuple[dict, dict[str, Any]]:
-        """The mode oracle's reading of the n generated images: ({"modes", "num_modes"}, oracle info)."""
+        """The mode oracle's reading of the n generated images: ({"modes", "num_modes"}, oracle info); `train`
+        trains the oracle of --data (with a progress bar) when none is cached yet."""
         cache = self.__dict__.setdefault("_modes", {})
         if oracle_dir not in cache:
             from flowergan_eval import oracle as O
@@ -201,7 +224,7 @@ class Evaluation:
             elif self.real is None:
                 raise UserError("modes needs the oracle: pass --data SYNTH_SHARDS (its trained oracle) or --oracle DIR")
             elif train or (O.default_dir(self.real) / "oracle.json").is_file():
-                model, info, path = O.ensure(self.real)
+                model, info, path = O.ensure(self.real, progress=self.bar)
             else:
                 raise UserError(f"no oracle trained on {self.real.path} yet: run `flowergan-eval oracle train --data "
                                 f"{self.real.path}` (or pass --oracle DIR)")
@@ -260,6 +283,15 @@ class Evaluation:
                    "near_dup_threshold": dup["threshold"], "real_nn_dist_median": mem["real_nn_dist_median"],
                    "closest": mem["closest"]}
         return {"metrics": values, "details": details}
+
+
+def recorded_data(artifact: Artifact) -> str:
+    """The reference shards a checkpoint's run recorded (eval.data, else data.path); '' for an export folder, whose
+    config keeps only [model]."""
+    cfg = artifact.state.get("config") if artifact.kind == "checkpoint" else None
+    if not isinstance(cfg, dict):
+        return ""
+    return str(cfg.get("eval", {}).get("data") or cfg.get("data", {}).get("path") or "")
 
 
 # ---------------------------------------------------------------- for the training loop

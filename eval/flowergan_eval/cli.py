@@ -32,7 +32,8 @@ app.add_typer(oracle_app, name="oracle")
 Ckpt = Annotated[str, typer.Option("--ckpt", help="A run directory (its newest checkpoint), a checkpoint directory, "
                                                   "or an export folder (G only: enough for every metric).")]
 Data = Annotated[str, typer.Option("--data", help="Real shards (folder with manifest.json, or URL) to compare "
-                                                  "with.")]
+                                                  "with. Default: the shards the checkpoint's run recorded "
+                                                  "(eval.data, else data.path).")]
 N = Annotated[int, typer.Option("--n", help="Generated images (the metric's name carries it: fid10k).")]
 ModesN = Annotated[int, typer.Option("--n", help="Generated images the oracle reads (the metrics' names carry it: "
                                                  "modes10k/covered).")]
@@ -169,23 +170,19 @@ def report(ckpt: Ckpt, data: Data = "", n: N = 10_000, batch: Batch = 64, device
            out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
            oracle: Annotated[str | None, typer.Option("--oracle", help="Oracle directory for the mode "
                                                                        "histogram (SynthFlowers).")] = None,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the options, print the plan, "
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Check checkpoint, data, weights and "
+                                                                   "oracle; print the plan and its time; "
                                                                    "compute nothing.")] = False) -> None:
-    """One self-contained HTML page: grids, loss curves, metrics with provenance, latent plots, modes."""
-    from flowergan_eval.commands import run_report
+    """One self-contained HTML page: the verdict, metrics beside real-vs-real values, samples over training,
+    curves, the recipe. Computes what it can here (Inception's metrics only with its weights; synth_fd and modes
+    on SynthFlowers; --features X) and says what it left out. --data defaults to the run's recorded shards."""
+    from flowergan_eval.report_run import dry_run_report, run_report
 
     opts = _options(data, n, batch, device, raw, seed, inception_weights, ref_n, progress, features)
-    if dry_run:
-        # The cluster's eval Job is checked this way where its volume, GPU and weights do not exist.
-        if n < 2 or batch < 1:
-            from flowergan.errors import UserError
-
-            raise UserError(f"--n {n} / --batch {batch}: need n >= 2 and batch >= 1")
-        typer.echo(f"would write {out}: {'raw G' if raw else 'G_ema'} of {ckpt} vs {data or '(data from the run)'}, "
-                   f"n={n}, batch={batch}, device={device}, seed={seed}, "
-                   f"weights={inception_weights or '$FLOWERGAN_INCEPTION_WEIGHTS or cache'}")
-        return
-    _emit(run_report(ckpt, opts, out, oracle_dir=oracle), json)
+    # --dry-run checks the checkpoint, data, weights and oracle and prints the plan; a problem the real run would
+    # stop at is listed (exit 0): the cluster's eval Job is checked this way where its volume does not exist.
+    _emit(dry_run_report(ckpt, opts, out, oracle_dir=oracle) if dry_run else run_report(ckpt, opts, out,
+                                                                                         oracle_dir=oracle), json)
 
 
 @oracle_app.command("train")

@@ -21,17 +21,21 @@ from flowergan_eval import latent as L
 from flowergan_eval import metrics as M
 from flowergan_eval import oracle as O
 from flowergan_eval.api import Evaluation, Options
+from flowergan_eval.plan import report_metrics  # noqa: F401 - the report's metric choice, re-exported
+from flowergan_eval.timing import warn_if_long
 
 
 def run_metric(base: str, ckpt: str, opts: Options) -> dict[str, Any]:
     """One registered feature metric (fid, kid, is, prdc, synth_fd) of n generated images."""
     metric = M.REGISTRY[base]
-    if metric.needs_real and not opts.data:
-        raise UserError(f"{base} compares with real images: pass --data SHARDS")
-    if (opts.features or metric.features) == "synth" and not opts.data:
-        raise UserError(f"{base} with SynthNet features: pass --data SYNTH_SHARDS (SynthNet is trained on them)")
     with progress_bar(opts.progress, stderr=True) as bar:
-        ev = Evaluation(ckpt, opts, bar=bar)
+        ev = Evaluation(ckpt, opts, bar=bar)  # --data defaults to the shards the run recorded
+        if ev.real is None and metric.needs_real:
+            raise UserError(ev.data_problem or f"{base} compares with real images: pass --data SHARDS")
+        if ev.real is None and (opts.features or metric.features) == "synth":
+            raise UserError(ev.data_problem or f"{base} with SynthNet features: pass --data SYNTH_SHARDS "
+                                               "(SynthNet is trained on them)")
+        warn_if_long(ev, [opts.features or metric.features])
         values = ev.metrics([base])
         prov = ev.provenance(with_reference=metric.needs_real)
     return {"command": base, "metrics": values, "provenance": prov, "notes": notes_for(values),
@@ -53,10 +57,11 @@ def notes_for(names) -> dict[str, str]:
 
 def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]:
     """The mode-collapse measures."""
-    if not opts.data:
-        raise UserError("diversity compares with real images: pass --data SHARDS")
     with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
+        if ev.real is None:
+            raise UserError(ev.data_problem or "diversity compares with real images: pass --data SHARDS")
+        warn_if_long(ev, [ev.default_features])
         out = ev.diversity(n_pairs=pairs)
         prov = ev.provenance()
     notes = notes_for(out["metrics"])
@@ -66,9 +71,10 @@ def run_diversity(ckpt: str, opts: Options, pairs: int = 1000) -> dict[str, Any]
             "details": {**{k: v for k, v in d.items() if k != "closest"}, "closest": closest}}
 
 
-def mode_counts(ev: Evaluation, oracle_dir: str | None, min_count: int) -> dict[str, Any]:
-    """Oracle-read modes of the n generated images (shared by `modes` and `report`)."""
-    gen, info = ev.mode_predictions(oracle_dir)
+def mode_counts(ev: Evaluation, oracle_dir: str | None, min_count: int, train: bool = False) -> dict[str, Any]:
+    """Oracle-read modes of the n generated images (shared by `modes` and `report`; `train`: train the oracle of
+    --data first when none is cached)."""
+    gen, info = ev.mode_predictions(oracle_dir, train=train)
     k = int(gen["num_modes"])
     stats = M.mode_stats(gen["modes"], k, min_count or M.default_min_count(ev.opts.n, k))
     stats.update(oracle=info["path"], oracle_accuracy=info["accuracy"], classes=info.get("classes"))
@@ -97,12 +103,13 @@ def run_modes(ckpt: str, opts: Options, oracle_dir: str | None = None, min_count
 
 # ---------------------------------------------------------------- pictures
 def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps: int = 10,
-                    with_gif: bool = False) -> dict[str, bytes]:
+                    with_gif: bool = False, with_z_pca: bool = True) -> dict[str, bytes]:
     """PNG (and GIF) bytes of the latent PCA, D-feature PCA, and lerp/slerp interpolation grids."""
     G = ev.generator()
     pics: dict[str, bytes] = {}
     m = min(ev.opts.n, 500)
-    pics["latent_pca.png"] = L.latent_pca_png(ev.z[:m].numpy(), ev.fake_images[:m], max_thumbs=thumbs)
+    if with_z_pca:
+        pics["latent_pca.png"] = L.latent_pca_png(ev.z[:m].numpy(), ev.fake_images[:m], max_thumbs=thumbs)
     if ev.real is not None:
         from flowergan.artifacts.checkpoint import read_discriminator
 
@@ -148,6 +155,8 @@ def run_stats(opts: Options, recompute: bool = False) -> dict[str, Any]:
     with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(None, opts, bar=bar)
         real = ev.require_real()
+        if recompute or not S.is_cached(real, ev.extractor, opts.ref_n):
+            warn_if_long(ev, [ev.default_features])
         ref = S.reference(real, ev.extractor, n=opts.ref_n, batch=opts.batch, progress=bar, recompute=recompute)
     prov = {"n": ref.n, "reference": {**real.describe(), "n": ref.n, "cached": ref.cached,
                                       "skipped": ref.meta.get("skipped", 0)},
@@ -196,72 +205,3 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
                                            "hue well and petal count partly, which is all FD needs)"},
             "path": str(path), "oracle": {k: v for k, v in info.items() if k != "classes"},
             "synthnet": net_info, "messages": [f"{'oracle and SynthNet' if net_info else 'oracle'} saved to {path}"]}
-
-
-def report_metrics(features: str) -> list[str]:
-    """The registry metrics a report computes in `features`: FID's set with Inception; with another extractor the
-    Fréchet distance named for it (`effnet_fd`, `synth_fd`; `fid` only for a user's backbone), KID and PRDC, and no
-    IS (it needs ImageNet logits)."""
-    if features in ("", "inception"):
-        return ["fid", "kid", "is", "prdc"]
-    own = next((name for name, m in M.REGISTRY.items() if m.features == features), "fid")
-    return [own, "kid", "prdc"]
-
-
-def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
-    """Compute everything and write one self-contained HTML page."""
-    from flowergan.artifacts import open_generator
-    from flowergan.artifacts.checkpoint import has_ema
-    from flowergan_eval import report as R
-
-    if not opts.data:
-        raise UserError("report compares with real images: pass --data SHARDS")
-    sections: dict[str, Any] = {}
-    with progress_bar(opts.progress, stderr=True) as bar:
-        ev = Evaluation(ckpt, opts, bar=bar)
-        ev.require_checkpoint("the report (D's features, the other G, the run's curves)")  # before any work
-        metrics = ev.metrics(report_metrics(opts.features))
-        div = ev.diversity(n_pairs=500)
-        metrics.update(div["metrics"])
-        prov = ev.provenance()
-        # Grids: the evaluated G and the other one of the checkpoint (EMA / raw) on the same z, next to real images.
-        grid_n = min(64, opts.n)
-        grids = {"G_ema" if ev.generator_name == "G_ema" else "G (raw)": L.grid_png(ev.fake_images[:grid_n], nrow=8)}
-        ckpt_dir = ev.require_checkpoint("the report (D's features, the other G, the run's curves)")
-        if has_ema(ckpt_dir):
-            other_is_ema = ev.generator_name != "G_ema"
-            other = open_generator(ckpt_dir, ema=other_is_ema, device=ev.device)
-            images = torch.cat([x.cpu() for x in FT.generate(other, ev.z[:grid_n], batch=opts.batch,
-                                                             device=ev.device)])
-            grids["G_ema" if other_is_ema else "G (raw)"] = L.grid_png(images, nrow=8)
-        real_x = ev.real_images[0]
-        grids["real"] = L.grid_png(real_x[:grid_n], nrow=8)
-        sections["grids"] = grids
-        sections["latent"] = latent_pictures(ev, with_gif=True)
-        closest = div["details"]["closest"]
-        sections["closest"] = [(L.grid_png(ev.fake_images[g:g + 1], nrow=1), L.grid_png(real_x[t:t + 1], nrow=1),
-                                dist) for g, t, dist in closest]
-        if ev.real is not None and ev.real.kind == "synthflowers":
-            try:
-                s = mode_counts(ev, oracle_dir, 0)
-                names = s["classes"] or [str(i) for i in range(s["num_modes"])]
-                sections["modes"] = {"png": L.histogram_png(s["counts"], names, f"Generated samples per mode "
-                                                            f"(N={opts.n}, oracle accuracy "
-                                                            f"{s['oracle_accuracy']:.2%})", s["min_count"]),
-                                     "covered": s["covered"], "of": s["num_modes"], "kl": s["kl_uniform"]}
-                metrics[f"modes{M.count_suffix(opts.n)}/covered"] = s["covered"]
-                metrics[f"modes{M.count_suffix(opts.n)}/kl_uniform"] = s["kl_uniform"]
-            except UserError as e:
-                sections["modes"] = {"missing": str(e)}
-    ckpt_dir = ev.require_ckpt()
-    run_dir = ckpt_dir.parent.parent if ckpt_dir.parent.name == "checkpoints" else ckpt_dir.parent
-    scalars = R.read_scalars(run_dir)
-    sections["losses"] = R.loss_curves_png(scalars) if scalars else None
-    sections["scalars_source"] = R.scalars_source(run_dir)
-    notes = notes_for(metrics)
-    html = R.render(title=f"flowergan report: {ev.ckpt}", metrics=metrics, notes=notes, provenance=prov,
-                    sections=sections, state=ev.state)
-    write_atomic(out, html.encode())
-    return {"command": "report", "metrics": metrics, "provenance": prov, "notes": notes, "path": str(out),
-            "messages": [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)"]}
-

@@ -99,7 +99,7 @@ def _state_dict_backbone(name: str, path: Path, device: torch.device) -> ModuleE
 
 
 def load_extractor(spec: str, *, real: RealSet | None, device: str | torch.device,
-                   inception_weights: str | None = None) -> Any:
+                   inception_weights: str | None = None, progress: Any = None) -> Any:
     """The extractor `spec` names (inception, synth, effnet-lite2, a SynthNet directory, a TorchScript file,
     NAME=STATE_DICT)."""
     from flowergan_eval import effnet
@@ -114,7 +114,7 @@ def load_extractor(spec: str, *, real: RealSet | None, device: str | torch.devic
     if spec == "synth":
         if real is None:
             raise UserError("--features synth: SynthNet is trained on the reference shards; pass --data SYNTH_SHARDS")
-        model, info, path = SN.ensure(real)
+        model, info, path = SN.ensure(real, progress=progress)  # trained on first use, with a progress bar
         return _cached(("synth", info["sha256"], str(dev)), lambda: SN.SynthExtractor(model, info, device=dev))
     name, sep, file = spec.partition("=")
     path = Path(file if sep else spec).expanduser()

@@ -116,6 +116,18 @@ class Oracle(nn.Module):
         return self(describe(images)).argmax(dim=1)
 
 
+def too_few(path: str, n: int, num_modes: int) -> str:
+    """Why `n` images cannot train an oracle of `num_modes` modes."""
+    return (f"{path}: {n} images are too few to train an oracle of {num_modes} modes; make at least "
+            f"{40 * num_modes} with `flowergan data synth --n ...`")
+
+
+def trainable(real: RealSet, holdout: float = 0.1) -> bool:
+    """Whether the manifest's sample count can train an oracle (train's own rule, before decoding anything)."""
+    n = real.num_samples
+    return real.num_classes >= 2 and n - max(1, int(round(n * holdout))) >= 2 * real.num_classes
+
+
 def train(real: RealSet, *, epochs: int = 40, holdout: float = 0.1, seed: int = 0, progress=None
           ) -> tuple[Oracle, dict[str, Any]]:
     """Fit the oracle on a SynthFlowers shard set; the last `holdout` share (manifest order) is the test set."""
@@ -126,8 +138,7 @@ def train(real: RealSet, *, epochs: int = 40, holdout: float = 0.1, seed: int = 
     n = len(images)
     n_test = max(1, int(round(n * holdout)))
     if n - n_test < 2 * real.num_classes:
-        raise UserError(f"{real.path}: {n} images are too few to train an oracle of {real.num_classes} modes; "
-                        f"make at least {40 * real.num_classes} with `flowergan data synth --n ...`")
+        raise UserError(too_few(real.path, n, real.num_classes))
     task = progress.add_task("oracle descriptors", total=1) if progress is not None else None
     d = describe(images)
     if task is not None:
@@ -204,12 +215,12 @@ def load(path: Path) -> tuple[Oracle, dict[str, Any]]:
     return model.eval(), info
 
 
-def ensure(real: RealSet, path: Path | None = None) -> tuple[Oracle, dict[str, Any], Path]:
+def ensure(real: RealSet, path: Path | None = None, progress: Any = None) -> tuple[Oracle, dict[str, Any], Path]:
     """The mode oracle of `real` from its directory, trained and saved there first when it is missing."""
     path = path or default_dir(real)
     if not (path / "oracle.json").is_file():
         print(f"training the mode oracle on {real.path} (saved to {path}; once per data set)", file=sys.stderr)
-        model, info = train(real)
+        model, info = train(real, progress=progress)
         save(model, info, path)
     model, info = load(path)
     return model, info, path

@@ -74,12 +74,23 @@ def resize_of(extractor: Any, resolution: int) -> str:
     return str(getattr(extractor, "resize", None) or f"{FT.RESIZE_MODE} {resolution}->{FT.INPUT_SIZE}")
 
 
+def _key(real: RealSet, extractor: Any, n_used: int) -> str:
+    resize = resize_of(extractor, real.resolution)
+    return cache_key(real.cache_id, real.resolution, extractor.weights_sha256, resize.split(" ")[0], n_used)
+
+
+def is_cached(real: RealSet, extractor: Any, n: int = 0) -> bool:
+    """Whether the reference statistics of the first `n` real images (0 = all) are cached (no real image to read)."""
+    key = _key(real, extractor, count(real, n))
+    return key in _MEMORY or bool(real.cache_id and stats_path(key).is_file())
+
+
 def reference(real: RealSet, extractor: Any, *, n: int = 0, batch: int = 64,
               progress=None, use_cache: bool = True, recompute: bool = False) -> Reference:
     """Features and statistics of the first `n` real images (0 = all), from the cache when possible."""
     n_used = count(real, n)
     resize = resize_of(extractor, real.resolution)
-    key = cache_key(real.cache_id, real.resolution, extractor.weights_sha256, resize.split(" ")[0], n_used)
+    key = _key(real, extractor, n_used)
     path = stats_path(key)
     if use_cache and not recompute:
         if key in _MEMORY:

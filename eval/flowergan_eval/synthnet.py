@@ -127,14 +127,14 @@ def load(path: Path) -> tuple[SynthNet, dict[str, Any]]:
     return model.eval(), info
 
 
-def ensure(real: RealSet, path: Path | None = None) -> tuple[SynthNet, dict[str, Any], Path]:
+def ensure(real: RealSet, path: Path | None = None, progress: Any = None) -> tuple[SynthNet, dict[str, Any], Path]:
     """The SynthNet of `real` from its oracle directory, trained and saved there first when it is missing."""
     from flowergan_eval import oracle as O
 
     path = path or O.default_dir(real)
     if not (path / INFO).is_file():
         print(f"training SynthNet on {real.path} (saved to {path}; once per data set)", file=sys.stderr)
-        model, info = train(real)
+        model, info = train(real, progress=progress)
         O.save_files(path, {WEIGHTS: tensors(model)}, {INFO: info})
     model, info = load(path)
     return model, info, path
