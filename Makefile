@@ -42,7 +42,7 @@ demo: install
 demo-next:
 	@echo "demo done: runs/smoke/progress.gif (samples over training), runs/smoke/final-grid.png, runs/smoke/losses.png"
 	@echo "next, from this folder (the commands live in $(BIN); or 'source $(BIN)/activate' and drop the prefix):"
-	@echo "  $(BIN)/tensorboard --logdir runs/smoke/tb"
+	@echo "  $(BIN)/tensorboard --logdir runs/smoke/tb --samples_per_plugin images=0"
 	@echo "  $(BIN)/flowergan-eval report --ckpt runs/smoke --n 2000 --out runs/smoke/report.html"
 
 test: install system-deps
