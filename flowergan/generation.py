@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from flowergan.errors import UserError
 from flowergan.visuals import to_uint8
 
 BLOCK = 64  # rows of z per draw and per forward pass; part of what a seed means, so never changes with --batch
@@ -46,7 +47,7 @@ def _rebatch(chunks: Iterator[torch.Tensor], batch: int) -> Iterator[torch.Tenso
         yield torch.cat(held)
 
 
-Classes = int | Sequence[int] | torch.Tensor | None
+Classes = int | str | Sequence[int | str] | torch.Tensor | None
 
 
 def num_classes_of(G: nn.Module) -> int:
@@ -55,9 +56,27 @@ def num_classes_of(G: nn.Module) -> int:
     return k if isinstance(k, int) else 0
 
 
+def class_index(G: nn.Module, cls: int | str) -> int:
+    """A class of a conditional G as its label: an index, or a name of `G.class_names` (a digit string that is not a
+    name is an index). An unknown name or an index out of range is a UserError that lists the allowed ones."""
+    k, names = num_classes_of(G), list(getattr(G, "class_names", []) or [])
+    if k == 0:
+        raise UserError("this generator is unconditional (model.conditional = 'none'): it takes no class")
+    if isinstance(cls, str) and cls in names:
+        return names.index(cls)
+    if isinstance(cls, str) and not cls.strip().isdigit():
+        allowed = ", ".join(names) if names else f"indices 0..{k - 1} (this generator has no class names)"
+        raise UserError(f"unknown class {cls!r}; allowed: {allowed}")
+    i = int(cls)
+    if not 0 <= i < k:
+        raise UserError(f"class index {i} is outside 0..{k - 1}" + (f" ({', '.join(names)})" if names else ""))
+    return i
+
+
 def class_labels(G: nn.Module, n: int, classes: Classes = None) -> torch.Tensor | None:
     """The label of each of n samples: None for an unconditional G (where `classes` must be None); for a conditional
-    one, `classes` is one class for all, one per sample, or None for every class in turn (sample i is class i % K)."""
+    one, `classes` is one class for all, one per sample (indices or names of `G.class_names`), or None for every
+    class in turn (sample i is class i % K)."""
     k = num_classes_of(G)
     if k == 0:
         if classes is not None:
@@ -65,6 +84,10 @@ def class_labels(G: nn.Module, n: int, classes: Classes = None) -> torch.Tensor 
         return None
     if classes is None:
         return torch.arange(n) % k
+    if isinstance(classes, str):
+        classes = class_index(G, classes)
+    elif not isinstance(classes, (int, torch.Tensor)):
+        classes = [class_index(G, c) if isinstance(c, str) else int(c) for c in classes]
     y = torch.as_tensor(classes, dtype=torch.int64).reshape(-1).cpu()
     if y.numel() == 1:
         y = y.expand(n)

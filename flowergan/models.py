@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from flowergan.config import ModelConfig
+from flowergan.config import ModelConfig, class_names
 
 
 def init_weights(m: nn.Module) -> None:
@@ -103,6 +103,7 @@ class Generator(nn.Module):
         self.nz = nz
         self.conditional = conditional
         self.num_classes = num_classes if conditional != "none" else 0  # 0: G(z) takes no labels
+        self.class_names: list[str] = []  # label order; build_models fills them from model.class_names
         n = _n_blocks(resolution)
         ch = [ngf * 2 ** (n - 1 - i) for i in range(n)]  # 64²: 512, 256, 128, 64
         if conditional == "concat":  # cDCGAN: G's input is z with the class's learned embedding appended
@@ -251,10 +252,12 @@ class Discriminator(nn.Module):
 
 
 def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
-    """G and D as the model section describes them."""
+    """G and D as the model section describes them; G also carries the class names (`G.class_names`, [] when
+    unconditional) that sampling by name reads."""
     G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel, upsample=cfg.g_upsample, num_classes=cfg.num_classes,
                   conditional=cfg.conditional)
     D = Discriminator(cfg.ndf, cfg.resolution, cfg.kernel, dropout=cfg.d_dropout,
                       input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm,
                       pack=cfg.d_pack, mbstd=cfg.d_mbstd, num_classes=cfg.num_classes, conditional=cfg.conditional)
+    G.class_names = class_names(cfg) if cfg.conditional != "none" else []
     return G, D

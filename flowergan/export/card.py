@@ -107,12 +107,25 @@ def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> di
         card["flowergan"]["best_score"] = {"value": best, "metric": cfg.eval.metric, "n_generated": cfg.eval.n,
                                            "source": "best in-training score up to this checkpoint (lower is "
                                                      "better)"}
+    if meta.get("classes"):  # a class-conditional G: the classes it draws, in label order
+        card["tags"].append("class-conditional")
+        card["flowergan"]["classes"] = meta["classes"]
     if scores:
         card["model-index"] = [{"name": f"flowergan-dcgan-{meta['resolution']}", "results": [{
             "task": {"type": "unconditional-image-generation"},
             "dataset": {"name": str(dataset.get("name") or dataset["path"]), "type": "image-folder"},
             "metrics": scores}]}]
     return card
+
+
+def _classes_text(meta: dict[str, Any]) -> str:
+    """The use section's lines on a conditional G's classes ("" for an unconditional G)."""
+    names = meta.get("classes") or []
+    if not names:
+        return ""
+    return (f"Class-conditional ({meta['model'].get('conditional')}): G takes (z, y), y the class index in "
+            f"[batch] int64. Classes, in label order: {', '.join(names)}. "
+            f"`flowergan.generate(G, 16, classes=\"{names[0]}\")` or `flowergan sample --class {names[0]}`.\n\n")
 
 
 def model_card(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> str:
@@ -147,6 +160,7 @@ G = flowergan.load_generator("path/to/this/folder")
 images = flowergan.generate(G, 16, seed=0)  # uint8 [16, 3, {res}, {res}], RGB
 ```
 
+{_classes_text(meta)}\
 Input: z of shape [batch, {nz}], standard normal. Output: RGB images [batch, 3, {res}, {res}] in [-1, 1];
 uint8 = round((x + 1) * 127.5), clamped to [0, 255]. BatchNorm: {bn}.
 
