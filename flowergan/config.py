@@ -340,6 +340,9 @@ def _check_conditional(cfg: Config) -> None:
             if getattr(tc, key) != default:
                 raise ConfigError(f"train.{key} = {getattr(tc, key)!r} has no meaning with train.loss = 'hinge' (its "
                                   "margins are fixed); leave it at its default or use train.loss = 'bce'")
+    if METRICS[cfg.eval.metric].per_class and mc.conditional == "none":
+        raise ConfigError(f"eval.metric = {cfg.eval.metric!r} scores a class-conditional model class by class, but "
+                          "model.conditional = 'none'; choose another eval.metric or a conditional model")
     if mc.conditional == "none":
         if mc.num_classes or mc.class_names:
             raise ConfigError("model.num_classes / model.class_names are set but model.conditional = 'none'; set "

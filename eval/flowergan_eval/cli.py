@@ -87,7 +87,7 @@ def _metric_command(name: str) -> Callable[..., None]:
 
 
 for _name, _metric in REGISTRY.items():
-    if _metric.features != "oracle":
+    if _metric.features != "oracle" or _metric.facts.per_class:  # class_acc has its own command; modes share one
         app.command(_name)(_metric_command(_name))
 
 

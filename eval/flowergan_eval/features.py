@@ -247,6 +247,14 @@ def extract(extractor: Any, batches: Iterable[torch.Tensor], total: int, *,
 
 
 # ---------------------------------------------------------------- G and D
+def sample_labels(G: nn.Module, n: int) -> torch.Tensor | None:
+    """The class of each of n generated images of a conditional G (sample i is class i mod K, so every class is
+    scored alike); None for an unconditional G."""
+    from flowergan.generation import class_labels
+
+    return class_labels(G, n)
+
+
 def latents(n: int, nz: int, seed: int) -> torch.Tensor:
     """The z for sample i is the same on every device and batch size (drawn on the CPU from one seed)."""
     g = torch.Generator().manual_seed(seed)
@@ -254,16 +262,18 @@ def latents(n: int, nz: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | torch.device = "cpu"
-             ) -> Iterator[torch.Tensor]:
-    """G(z) in eval mode as uint8 batches on `device` (fp32: no autocast, so samples match a saved PNG)."""
+def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | torch.device = "cpu",
+             y: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """G(z) in eval mode as uint8 batches on `device` (fp32: no autocast, so samples match a saved PNG); a
+    conditional G gets G(z, y), y the class of each row (`sample_labels`)."""
     device = torch.device(device)
     was_training = G.training
     G.eval()
     try:
         for lo in range(0, len(z), batch):
             with torch.autocast(device.type, enabled=False):
-                yield to_uint8(G(z[lo:lo + batch].to(device)))
+                zb = z[lo:lo + batch].to(device)
+                yield to_uint8(G(zb) if y is None else G(zb, y[lo:lo + batch].to(device)))
     finally:
         G.train(was_training)
 
