@@ -238,14 +238,21 @@ class Discriminator(nn.Module):
                 if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):  # Miyato & Koyama normalise embed(y) too
                     _spectral_norm(m)
 
+    def phi(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The penultimate features [B, C, 4, 4] that the head reads (concat D: of x with its label channels)."""
+        if self.conditional != "concat":
+            return self.features(x)
+        y = _labels(y)
+        B, _, H, W = x.shape
+        label_map = self.embed(y)[:, :, None, None].expand(B, D_LABEL_CHANNELS, H, W).to(x.dtype)
+        return self.features(torch.cat([x, label_map], dim=1))
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.conditional == "none":
             return self.head(self.features(x)).view(-1)
         y = _labels(y)
         if self.conditional == "concat":
-            B, _, H, W = x.shape
-            label_map = self.embed(y)[:, :, None, None].expand(B, D_LABEL_CHANNELS, H, W).to(x.dtype)
-            return self.head(self.features(torch.cat([x, label_map], dim=1))).view(-1)
+            return self.head(self.phi(x, y)).view(-1)
         h = self.features(x)
         phi = h.sum(dim=(2, 3)).float()  # global sum pooling, in fp32: a sum of 16 fp16 features can lose bits
         return self.head(h).view(-1).float() + (self.embed(y) * phi).sum(dim=1)

@@ -133,3 +133,19 @@ def _eval(capsys, app, *args: str) -> tuple[int, str]:
     out, err = capsys.readouterr()
     return code, out + err
 
+
+
+def test_d_features_of_a_concat_d_read_each_images_class() -> None:
+    import torch
+
+    from flowergan.models import Discriminator
+    from flowergan_eval.features import d_features
+
+    torch.manual_seed(0)
+    D = Discriminator(8, 16, num_classes=3, conditional="concat")
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    a = d_features(D, images, labels=torch.zeros(6, dtype=torch.long), batch=4)
+    b = d_features(D, images, labels=torch.full((6,), 2), batch=4)
+    assert a.shape == (6, 16 * 4 * 4) and not np.allclose(a, b)
+    plain = Discriminator(8, 16)
+    assert d_features(plain, images).shape == (6, 16 * 4 * 4)  # an unconditional D needs no labels

@@ -265,8 +265,10 @@ def latents(n: int, nz: int, seed: int) -> torch.Tensor:
 def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | torch.device = "cpu",
              y: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """G(z) in eval mode as uint8 batches on `device` (fp32: no autocast, so samples match a saved PNG); a
-    conditional G gets G(z, y), y the class of each row (`sample_labels`)."""
+    conditional G gets G(z, y), y the class of each row (default `sample_labels`: row i is class i mod K)."""
     device = torch.device(device)
+    if y is None:
+        y = sample_labels(G, len(z))
     was_training = G.training
     G.eval()
     try:
@@ -279,13 +281,18 @@ def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | to
 
 
 @torch.no_grad()
-def d_features(D: Discriminator, images: torch.Tensor, *, batch: int = 256, device: str | torch.device = "cpu"
-               ) -> np.ndarray:
-    """D's penultimate activations (`D.features`) of uint8 images, flattened to [N, C*4*4]."""
+def d_features(D: Discriminator, images: torch.Tensor, *, batch: int = 256, device: str | torch.device = "cpu",
+               labels: torch.Tensor | None = None) -> np.ndarray:
+    """D's penultimate activations (`D.phi`) of uint8 images, flattened to [N, C*4*4]; a concat D also reads each
+    image's class (`labels`)."""
     was_training = D.training
     D.eval()
+
+    def y(lo: int) -> torch.Tensor | None:
+        return None if labels is None or D.conditional != "concat" else labels[lo:lo + batch].to(device)
+
     try:
-        out = [D.features(uint8_to_unit(images[lo:lo + batch].to(device))).flatten(1).float().cpu()
+        out = [D.phi(uint8_to_unit(images[lo:lo + batch].to(device)), y(lo)).flatten(1).float().cpu()
                for lo in range(0, len(images), batch)]
     finally:
         D.train(was_training)

@@ -12,6 +12,7 @@ from typing import Any
 
 LOSS_TAGS = ("Loss/D", "Loss/G")
 D_TAGS = ("D/real", "D/fake_before", "D/fake_after")
+D_LOGIT_TAGS = ("D/real_logit", "D/fake_before_logit", "D/fake_after_logit")  # train.loss = "hinge": D's raw score
 
 
 # ---------------------------------------------------------------- scalars of a run
@@ -77,6 +78,7 @@ def loss_curves_png(scalars: dict[str, tuple[list[int], list[float]]]) -> bytes:
     evals = [t for t in scalars if t.startswith("Eval/") and not t.endswith("/std")]
     groups = [("Losses", [t for t in LOSS_TAGS if t in scalars]),
               ("D(x) and D(G(z))", [t for t in D_TAGS if t in scalars]),
+              ("D's score on x and G(z) (hinge)", [t for t in D_LOGIT_TAGS if t in scalars]),
               ("In-training evaluation (lower is better)", evals[:4])]
     groups = [g for g in groups if g[1]] or [("Scalars", list(scalars)[:6])]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
