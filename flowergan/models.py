@@ -38,10 +38,11 @@ def _n_blocks(resolution: int) -> int:
 UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last")
 CONDITIONAL = ("none", "concat", "projection")
 G_EMBED = 50  # length of concat G's class embedding appended to z (the size Keras/PyTorch cDCGAN tutorials use)
-# Channels of concat D's label map: a learned embedding broadcast over the image. Few, because D's first convolution
-# costs in proportion to its input channels (3 + 4 = 2.3x the first layer, a few % of D); a one-hot map of 102
-# Oxford classes would cost 35x that layer for the same information.
-D_LABEL_CHANNELS = 4
+# concat D's label map: one extra input channel holding a learned R x R picture per class (the cGAN tutorials' label
+# channel). One channel because D's first convolution costs in proportion to its input channels (3 + 1: a third more
+# for that layer only; a one-hot map of 102 Oxford classes would cost 35x it), a picture rather than a constant so
+# that a single channel can still tell many classes apart.
+D_LABEL_CHANNELS = 1
 
 
 def _check_conditional(conditional: str, num_classes: int) -> None:
@@ -70,7 +71,8 @@ class ConditionalBatchNorm2d(nn.Module):
         nn.init.zeros_(self.bias.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+        # One fused multiply-add (bias + x_hat * gain): a separate * and + cost an extra pass over G's activations.
+        return torch.addcmul(self.bias(y)[:, :, None, None], self.bn(x), self.gain(y)[:, :, None, None])
 
 
 def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
@@ -229,7 +231,7 @@ class Discriminator(nn.Module):
             raise ValueError(f"head must be 'conv' or 'dense', got {head!r}")
         self.apply(init_weights)
         if conditional == "concat":
-            self.embed = nn.Embedding(num_classes, D_LABEL_CHANNELS)
+            self.embed = nn.Embedding(num_classes, D_LABEL_CHANNELS * resolution * resolution)
         elif conditional == "projection":  # embed(y) meets phi(x), the sum-pooled last features (Miyato & Koyama)
             self.embed = nn.Embedding(num_classes, c_in)
             nn.init.xavier_uniform_(self.embed.weight)  # as the paper's code initialises it
@@ -244,7 +246,9 @@ class Discriminator(nn.Module):
             return self.features(x)
         y = _labels(y)
         B, _, H, W = x.shape
-        label_map = self.embed(y)[:, :, None, None].expand(B, D_LABEL_CHANNELS, H, W).to(x.dtype)
+        label_map = self.embed(y).view(B, D_LABEL_CHANNELS, H, W).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last):  # NHWC in, NHWC out: cat of mixed layouts copies
+            label_map = label_map.contiguous(memory_format=torch.channels_last)
         return self.features(torch.cat([x, label_map], dim=1))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

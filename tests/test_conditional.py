@@ -207,3 +207,16 @@ def test_generate_takes_classes_and_a_seed_and_class_give_the_same_image_on_any_
         generate(G, 2, classes=3)
     with pytest.raises(ValueError, match="unconditional"):
         generate(Generator(16, 8, 16), 2, classes=1)
+
+
+@pytest.mark.parametrize("conditional", ["concat", "projection"])
+def test_conditional_nets_in_channels_last_match_nchw(conditional: str) -> None:
+    """The GPU layout (train.channels_last): the same logits as NCHW, and a concat D's label map joins x in NHWC."""
+    torch.manual_seed(0)
+    G, D = build_models(_cfg(16, conditional=conditional))
+    z, y = torch.randn(4, 16), torch.tensor([0, 1, 2, 1])
+    x = G(z, y).detach()
+    want = D(x, y)
+    D_nhwc = D.to(memory_format=torch.channels_last)
+    got = D_nhwc(x.contiguous(memory_format=torch.channels_last), y)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -137,9 +137,9 @@ def _eval(capsys, app, *args: str) -> tuple[int, str]:
 
 def test_d_features_of_a_concat_d_read_each_images_class() -> None:
     import torch
+    from flowergan_eval.features import d_features
 
     from flowergan.models import Discriminator
-    from flowergan_eval.features import d_features
 
     torch.manual_seed(0)
     D = Discriminator(8, 16, num_classes=3, conditional="concat")
