@@ -114,6 +114,23 @@ def test_in_training_intra_kid_of_a_conditional_g(env) -> None:
                                device="cpu", inception_weights=env["weights"])
 
 
+
+def test_report_of_a_conditional_g_has_a_row_per_class_and_the_intra_class_scores(env, capsys, tmp_path) -> None:
+    import json
+
+    from flowergan_eval.cli import app
+
+    out = tmp_path / "report.html"
+    code, text = _eval(capsys, app, "report", "--ckpt", str(env["run"]), "--data", env["data"], "--n", "96",
+                       "--inception-weights", env["weights"], "--out", str(out), "--json", "--no-progress")
+    assert code == 0, text[-2000:]
+    metrics = json.loads(text[text.index("{"):])["metrics"]
+    assert math.isfinite(metrics["intra_fd96/mean"]) and math.isfinite(metrics["intra_kid96/mean"])
+    page = out.read_text()
+    assert "Per class: samples asked for as the class" in page
+    assert page.count("alt=\"generated ") == 48 and page.count("alt=\"real ") == 48  # every mode: both rows
+
+
 def _eval(capsys, app, *args: str) -> tuple[int, str]:
     """`flowergan-eval ARGS` in this process: (exit code, stdout + stderr)."""
     import sys

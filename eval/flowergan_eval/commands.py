@@ -210,6 +210,20 @@ def report_metrics(features: str) -> list[str]:
     return [own, "kid", "prdc"]
 
 
+def class_pairs(ev: Evaluation, real_x: torch.Tensor, real_y: torch.Tensor, per_row: int = 6
+                ) -> list[tuple[str, bytes, bytes]]:
+    """(class name, a row of its generated samples, a row of its real images) for every class of a conditional G."""
+    assert ev.fake_labels is not None
+    names = ev.require_real().classes
+    rows = []
+    for c, name in enumerate(names):
+        fake = ev.fake_images[ev.fake_labels == c][:per_row]
+        real = real_x[real_y == c][:per_row]
+        if len(fake) and len(real):
+            rows.append((name, L.grid_png(fake, nrow=per_row), L.grid_png(real, nrow=per_row)))
+    return rows
+
+
 def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = None) -> dict[str, Any]:
     """Compute everything and write one self-contained HTML page."""
     from flowergan.artifacts import open_generator
@@ -222,7 +236,8 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
     with progress_bar(opts.progress, stderr=True) as bar:
         ev = Evaluation(ckpt, opts, bar=bar)
         ev.require_checkpoint("the report (D's features, the other G, the run's curves)")  # before any work
-        metrics = ev.metrics(report_metrics(opts.features))
+        conditional = ev.fake_labels is not None  # a class-conditional G: scored and shown class by class too
+        metrics = ev.metrics(report_metrics(opts.features) + (["intra_fd", "intra_kid"] if conditional else []))
         div = ev.diversity(n_pairs=500)
         metrics.update(div["metrics"])
         prov = ev.provenance()
@@ -239,6 +254,8 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         real_x = ev.real_images[0]
         grids["real"] = L.grid_png(real_x[:grid_n], nrow=8)
         sections["grids"] = grids
+        if conditional:
+            sections["classes"] = class_pairs(ev, real_x, ev.real_images[1])
         sections["latent"] = latent_pictures(ev, with_gif=True)
         closest = div["details"]["closest"]
         sections["closest"] = [(L.grid_png(ev.fake_images[g:g + 1], nrow=1), L.grid_png(real_x[t:t + 1], nrow=1),

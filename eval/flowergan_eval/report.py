@@ -162,6 +162,15 @@ def render(*, title: str, metrics: dict[str, float], notes: dict[str, str], prov
         parts.append(f"<figure>{_img(png, label, cls='grid')}<figcaption>{e(label)}</figcaption></figure>")
     parts.append("</div>")
 
+    per_class = sections.get("classes", [])
+    if per_class:
+        parts.append("<h2>Per class: samples asked for as the class, beside its real images</h2><table>"
+                     "<tr><th>class</th><th>generated</th><th>real</th></tr>")
+        for name, fake_png, real_png in per_class:
+            parts.append(f"<tr><td>{e(name)}</td><td>{_img(fake_png, f'generated {name}', cls='grid')}</td>"
+                         f"<td>{_img(real_png, f'real {name}', cls='grid')}</td></tr>")
+        parts.append("</table>")
+
     parts.append("<h2>Training curves</h2>")
     if sections.get("losses"):
         parts.append(_img(sections["losses"], "loss curves", cls="plot"))
