@@ -52,7 +52,6 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     tc, run_dir = cfg.train, Path(cfg.log.run_dir)
     if tc.batch_size % world:
         raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")
-    stream = stream or _build_stream(cfg, rank, world, device)
     cfg = _with_data_classes(cfg, stream)  # a conditional model's num_classes and class names, before anything saves
     if rank == 0:
         _prepare_run_dir(run_dir)
@@ -67,6 +66,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     rng.reseed(tc.seed, rank)  # noise and augmentation: one stream per rank, from torch's global RNG
     if resume_from is not None:
         ckpts.load(Path(resume_from), cfg, state)
+    stream = stream or _build_stream(cfg, rank, world, device)
     steps = total_steps(cfg, stream.num_samples)
     schedule = Schedule.of(cfg, steps, stream.batches_per_epoch, evaluate is not None)
 
@@ -203,14 +203,21 @@ def _evaluate(evaluate: Evaluate | None, state: TrainState, metrics: dict[str, f
     return True
 
 
-def _with_data_classes(cfg: Config, stream: BatchStream) -> Config:
-    """A conditional model's config with num_classes and class names from the data (unconditional: unchanged)."""
+def _with_data_classes(cfg: Config, stream: BatchStream | None) -> Config:
+    """A conditional model's config with num_classes and class names from the data (the given stream's, else the
+    manifest of data.path); an unconditional one unchanged."""
     if cfg.model.conditional == "none":
         return cfg
-    if not isinstance(stream, LabelledStream):
+    if stream is None:
+        from flowergan.data import read_manifest
+
+        classes = list(read_manifest(cfg.data.path).get("classes", []))
+    elif isinstance(stream, LabelledStream):
+        classes = list(stream.classes)
+    else:
         raise UserError(f"model.conditional = {cfg.model.conditional!r} needs a data stream with class names; this "
                         "one has none")
-    return with_classes(cfg, list(stream.classes), f"data.path {cfg.data.path}")
+    return with_classes(cfg, classes, f"data.path {cfg.data.path}")
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
