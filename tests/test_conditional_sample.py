@@ -109,3 +109,16 @@ def test_export_carries_the_class_names_and_graphs_take_z_and_y(exported) -> Non
         (got_onnx,) = session.run(None, {"z": z.numpy(), "y": y.numpy()})
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         np.testing.assert_allclose(got_onnx, want.numpy(), rtol=0, atol=1e-5)
+
+
+def test_model_index_takes_a_per_class_metrics_mean_not_each_class(exported) -> None:
+    from flowergan.artifacts.export_folder import model_config, read_config
+    from flowergan.export.card import front_matter
+
+    meta = read_config(exported)
+    state = {"step": 6, "metrics": {"class_acc1k": 0.9, "class_acc1k/covered": 3.0, "class_acc1k/class0": 1.0,
+                                    "intra_fd1k/mean": 12.0, "intra_fd1k/class2": 10.0}}
+    card = front_matter(meta, state, model_config(exported, meta))
+    indexed = {s["name"] for s in card["model-index"][0]["results"][0]["metrics"]}
+    assert indexed == {"class_acc1k", "class_acc1k/covered", "intra_fd1k/mean"}
+    assert {m["name"] for m in card["flowergan"]["metrics"]} == set(state["metrics"])  # all listed with provenance

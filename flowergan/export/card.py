@@ -86,12 +86,19 @@ def _yaml(value: Any, indent: int = 0) -> list[str]:
     return lines
 
 
+def _one_class(m: re.Match) -> bool:
+    """A per-class metric's value for one class (intra_fd1k/rose): listed with the metrics, left out of the Hub's
+    model-index, which takes the mean and the coverage."""
+    facts = METRICS[m.group(1)]
+    return facts.per_class and bool(m.group(4)) and m.group(4) not in facts.notes
+
+
 def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """The model card's metadata as the Hub reads it, with flowergan's own keys under `flowergan`."""
     metrics = {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, (int, float))}
     dataset = _dataset(cfg)
     scores = [{"type": m.group(1), "name": k, "value": v} for k, v in metrics.items()
-              if (m := SCORE.match(k)) and m.group(4) != "/std"]
+              if (m := SCORE.match(k)) and m.group(4) != "/std" and not _one_class(m)]
     card: dict[str, Any] = {
         "library_name": "flowergan",
         "pipeline_tag": "unconditional-image-generation",
