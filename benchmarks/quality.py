@@ -26,6 +26,14 @@ side by side.
         --tutorial-set train.fake_label=0.1 --tag tut-fake01                              # a knob on the tutorial
     python benchmarks/quality.py --ngf 32 --steps 4000 --every 500 --recipes flowergan    # the budget curve
 
+Class-conditional recipes (`--recipes conditional`, or any of `uncond-bce` (= flowergan), `uncond-hinge`,
+`concat-bce`, `concat-hinge`, `projection-bce`, `projection-hinge`): the flowergan recipe with `model.conditional`
+and `train.loss` set, fake classes by the data's frequencies. On SynthFlowers each conditional G is scored on
+class-balanced samples (sample i asks for mode i mod 48) and also by its class accuracy (the share of samples the
+oracle reads as the mode they were asked for); its grid has one row per mode.
+
+    python benchmarks/quality.py --ngf 32 --steps 700 --recipes conditional            # uncond vs concat vs projection
+
 `--every K` keeps a checkpoint every K G steps and scores each of them the same way (rows `{"curve": ...}`, kept in the
 run dir's curve.jsonl), so one run names the step at which the targets (48/48 modes, KL <= 0.05 nats) are first
 met, or the best it got to; `--extend` continues a recipe's earlier run of the same recipe to a larger --steps
@@ -53,6 +61,8 @@ from flowergan.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MODES, TARGET_KL = 48, 0.05  # the issue's targets for flowergan's default on SynthFlowers
+CONDITIONAL_RECIPES = tuple(f"{c}-{loss}" for c in ("uncond", "concat", "projection") for loss in ("bce", "hinge"))
+GROUPS = {"conditional": ("flowergan", "concat-bce", "concat-hinge", "projection-bce", "projection-hinge")}
 RECIPE_SECTIONS = ("model", "optim", "train")
 SAMPLING_ONLY = ("model.g_sample_bn", "train.ema")  # settings that change what is sampled, not what is trained
 TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "train.amp=off",
@@ -64,7 +74,7 @@ TUTORIAL = ["train.real_label=1.0", "train.fake_label=0.0", "train.ema=false", "
 def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path) -> Config:
     """The config of one recipe: the job file's recipe sections, the run's common settings, then the recipe's own."""
     sets: list[str] = []
-    if name == "flowergan":  # the tutorial starts from the defaults: the Radford architecture, Adam 2e-4 / 0.5
+    if name != "tutorial":  # the tutorial starts from the defaults: the Radford architecture, Adam 2e-4 / 0.5
         job = load_config(ROOT / "jobs" / "flowers64.toml")
         sets = [f"{s}.{k}={_text(v)}" for s in RECIPE_SECTIONS for k, v in job.to_dict()[s].items()
                 if not (s == "train" and k in ("epochs", "steps", "checkpoint_every", "keep_checkpoints", "device"))]
@@ -74,6 +84,9 @@ def recipe_config(name: str, args: argparse.Namespace, data: str, run_dir: Path)
              f"train.keep_checkpoints={args.steps // args.every + 1 if args.every else 1}", f"log.run_dir={run_dir}",
              "log.every=50", f"log.sample_every={args.steps}", "log.tensorboard=false", "log.progress=false",
              "eval.every=0", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}", "model.resolution=64"]
+    if name in CONDITIONAL_RECIPES:  # the flowergan recipe, conditioned as the name says, with the loss it names
+        conditional, loss = name.split("-")
+        sets += [f"model.conditional={'none' if conditional == 'uncond' else conditional}", f"train.loss={loss}"]
     sets += TUTORIAL + list(args.tutorial_set) if name == "tutorial" else list(args.set)
     cfg = load_config(None, sets)
     cfg.cluster.name = f"quality-{name}"
@@ -103,12 +116,19 @@ def score(G: torch.nn.Module, cfg: Config, data: str, n: int, synth: bool, devic
     """SynthFlowers: synth-FD, modes covered and KL (`flowergan_eval.api.synth_scores`). Photos: effnet-FD, the FD
     in ImageNet EfficientNet-Lite2 features, and the lattice ratio (the oracle's modes mean nothing there)."""
     from flowergan_eval import api
+    from flowergan_eval.real import open_real
 
     G = G.to(device)
     if synth:
         s = api.synth_scores(G, nz=cfg.model.nz, n=n, data=data, device=device, seed=0)
-        return {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
-    from flowergan_eval.real import open_real
+        out = {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and not k.endswith("k")}
+        if cfg.model.conditional != "none":  # does G draw the mode it is asked for?
+            labels = torch.arange(n) % cfg.model.num_classes
+            acc, _ = api.registry_scores("class_acc", list(iter_samples(G, n, seed=0, classes=labels)),
+                                         open_real(data), device=torch.device(device), labels=labels)
+            out["class_acc"] = next(v for k, v in acc.items() if "/" not in k)
+            out["classes_covered"] = next(v for k, v in acc.items() if k.endswith("/covered"))
+        return out
 
     real = open_real(data)
     images = list(iter_samples(G, n, seed=0))
@@ -178,12 +198,19 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
         train_s = time.perf_counter() - t0 + (earlier or 0.0)
         (run_dir / "train.json").write_text(json.dumps({"train_s": train_s, **last}))
         if args.every:  # a reused run's curve is already in its curve.jsonl
-            curve(name, args, cfg, run_dir, data, synth)
+            curve(name, args, resolved(run_dir, cfg), run_dir, data, synth)
+    cfg = resolved(run_dir, cfg)
     trained, _ = load_generator(run_dir, ema=cfg.train.ema)
     G = for_sampling(trained, cfg.model.g_sample_bn).eval()  # the network the loop's grids and exports use
     with torch.no_grad():
-        z = torch.randn(64, cfg.model.nz, generator=torch.Generator().manual_seed(args.seed))
-        grid = visuals.to_grid(G(z))
+        if cfg.model.conditional == "none":
+            z = torch.randn(64, cfg.model.nz, generator=torch.Generator().manual_seed(args.seed))
+            grid = visuals.to_grid(G(z))
+        else:  # one row per class, each row the same 8 z's
+            k = cfg.model.num_classes
+            z = torch.randn(8, cfg.model.nz, generator=torch.Generator().manual_seed(args.seed)).repeat(k, 1)
+            y = torch.arange(k).repeat_interleave(8)
+            grid = visuals.class_rows(G(z, y), [n.strip() for n in cfg.model.class_names.split(",")], 8)
     visuals.save_png(grid, out / f"quality-{args.tag + '-' if args.tag else ''}{name}.png")
     t1 = time.perf_counter()
     metrics = score(G, cfg, data, args.n, synth, args.device)
@@ -197,6 +224,12 @@ def run_recipe(name: str, args: argparse.Namespace, data: str, out: Path, synth:
 
 def run_name(tag: str, recipe: str) -> str:
     return f"run-{tag}-{recipe}" if tag else f"run-{recipe}"
+
+
+def resolved(run_dir: Path, cfg: Config) -> Config:
+    """A conditional recipe's config as training resolved it (num_classes and class names from the data's manifest,
+    in the run dir's config.toml); an unconditional one as it is."""
+    return cfg if cfg.model.conditional == "none" else load_config(run_dir / "config.toml")
 
 
 def finished(run_dir: Path, cfg: Config, sampling_only: bool = False) -> bool:
@@ -225,6 +258,8 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
 def _same_recipe(saved: dict[str, Any], cfg: Config, loose: tuple[str, ...] = ()) -> bool:
     """Whether a saved config trains what cfg does: the same data and recipe sections, ignoring [train] `loose`."""
     want = cfg.to_dict()
+    if want["model"]["conditional"] != "none" and not want["model"]["num_classes"]:  # resolved from the data
+        want["model"].update({k: saved["model"].get(k) for k in ("num_classes", "class_names")})
     return all(saved[s] == want[s] for s in ("data", "model", "optim")) and all(
         v == want["train"].get(k) for k, v in saved["train"].items() if k not in loose)
 
@@ -296,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=0, help="generated images per score (default 4096 on SynthFlowers, 2000 "
                     "on photos)")
-    ap.add_argument("--recipes", default="tutorial,flowergan", help="comma-separated: tutorial, flowergan")
+    ap.add_argument("--recipes", default="tutorial,flowergan", help="comma-separated: tutorial, flowergan, "
+                    f"{', '.join(CONDITIONAL_RECIPES)}; 'conditional' = {','.join(GROUPS['conditional'])}")
     ap.add_argument("--set", action="append", default=[], help="section.key=value for the flowergan recipe")
     ap.add_argument("--tutorial-set", action="append", default=[], help="section.key=value on top of the tutorial "
                     "recipe (one knob from the tutorial's side)")
@@ -318,9 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.steps = args.steps or (2000 if args.data else 700)
     args.n = args.n or (2000 if args.data else 4096)
-    names = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    if not names or set(names) - {"tutorial", "flowergan"}:
-        ap.error(f"--recipes: {args.recipes!r}; use a comma-separated subset of: tutorial, flowergan")
+    names = [n for r in args.recipes.split(",") if r.strip() for n in GROUPS.get(r.strip(), (r.strip(),))]
+    known = {"tutorial", "flowergan", *CONDITIONAL_RECIPES}
+    if not names or set(names) - known:
+        ap.error(f"--recipes: {args.recipes!r}; use a comma-separated subset of: {', '.join(sorted(known))}, or "
+                 "conditional")
     try:  # every recipe's config before any training: a bad --set must not wait for the tutorial's run
         for name in names:
             recipe_config(name, args, args.data or args.synth, Path(args.out))
@@ -349,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         fd = f"{key} {value:.1f}" if key else "FD not available"
         modes = (f"modes {row['modes_covered']:.0f}/{row.get('modes_of', 48):.0f}, KL {row['modes_kl']:.3f} nats, "
                  if "modes_covered" in row else f"lattice {row['lattice']:.2f}, " if "lattice" in row else "")
-        print(f"{name:10s} {modes}{fd}  ({row['train_s']:.0f} s training, {row['img_per_s']:.0f} img/s)")
+        acc = f", class accuracy {row['class_acc']:.3f}" if "class_acc" in row else ""
+        print(f"{name:16s} {modes}{fd}{acc}  ({row['train_s']:.0f} s training, {row['img_per_s']:.0f} img/s)")
     if len(rows) == 2:
         tag = args.tag + "-" if args.tag else ""
         side_by_side([out / f"quality-{tag}{n}.png" for n in names], out / f"quality-{tag}side-by-side.png")

@@ -12,6 +12,10 @@ median over rounds of the ratio within each round.
 
     python benchmarks/train_step.py                      # CPU, about 2 minutes on 2 cores
     python benchmarks/train_step.py --device cuda --compile
+
+`--conditional concat|projection` adds a third side, flowergan's step for a class-conditional G and D (`--classes`
+classes, fake classes drawn per step as the loop draws them, `--loss`), interleaved with the others, and prints
+`conditional ratio=<conditional img/s / unconditional flowergan img/s>` (the goal: >= 0.91, at most 10 % slower).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from flowergan.config import ModelConfig
 from flowergan.devices import normalize
 from flowergan.models import build_models
 from flowergan.train.gan.augment import make_augment
+from flowergan.train.gan.labels import FakeClasses
+from flowergan.train.gan.losses import Loss
 from flowergan.train.gan.step import Precision, Targets, ema_update, gan_step, resolve_amp
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,9 +119,11 @@ def make_reference(real: torch.Tensor, nz: int, device: torch.device, ngf: int =
 
 
 def make_flowergan(real: torch.Tensor, device: torch.device, *, amp: str, channels_last: bool, fused: bool,
-                   compile: bool, compile_mode: str, ema: bool, diffaugment: str) -> Callable[[], None]:
-    """One flowergan iteration (`gan_step` then `ema_update`) per call, on the fixed batch `real`."""
-    cfg = ModelConfig()
+                   compile: bool, compile_mode: str, ema: bool, diffaugment: str, conditional: str = "none",
+                   num_classes: int = 0, loss: str = "bce") -> Callable[[], None]:
+    """One flowergan iteration (`gan_step` then `ema_update`) per call, on the fixed batch `real`; a conditional G
+    and D (`conditional`) get the batch's labels and fake classes drawn per step, as the loop does."""
+    cfg = ModelConfig(conditional=conditional, num_classes=num_classes if conditional != "none" else 0)
     G, D = build_models(cfg)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     G.to(device, memory_format=memory_format)
@@ -128,11 +136,17 @@ def make_flowergan(real: torch.Tensor, device: torch.device, *, amp: str, channe
     G_train, D_train = (torch.compile(G, mode=compile_mode), torch.compile(D, mode=compile_mode)) if compile else (G, D)
     real = real.contiguous(memory_format=memory_format)
     augment = make_augment(diffaugment)
-    targets = Targets()
+    objective = Loss(loss, Targets())
+    y_real = (torch.arange(real.shape[0]) % max(num_classes, 1)).to(device)
+    fake_classes = FakeClasses([1] * num_classes, "data", device) if conditional != "none" else None
 
     def step() -> None:
         z = torch.randn(real.shape[0], cfg.nz, device=device)
-        gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, targets, augment)
+        if fake_classes is None:
+            gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, objective, augment)
+        else:
+            gan_step(G_train, D_train, opt_g, opt_d, [real], [z], precision, objective, augment, real_ys=[y_real],
+                     fake_ys=[fake_classes.draw(real.shape[0])])
         if G_ema is not None:
             ema_update(G_ema, G, 0.999)
 
@@ -177,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-ema", dest="ema", action="store_false", help="leave out flowergan's EMA update")
     p.add_argument("--diffaugment", default="", help="flowergan's DiffAugment policy (off by default, as the tutorial)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--conditional", default="none", choices=("none", "concat", "projection"),
+                   help="also time flowergan's step for a class-conditional G and D, against the unconditional one")
+    p.add_argument("--classes", type=int, default=102, help="classes of the conditional side (Oxford-102: 102)")
+    p.add_argument("--loss", default="bce", choices=("bce", "hinge"), help="the conditional side's train.loss")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -203,6 +221,11 @@ def main(argv: list[str] | None = None) -> None:
                                     compile=args.compile, compile_mode=args.compile_mode, ema=args.ema,
                                     diffaugment=args.diffaugment),
     }
+    if args.conditional != "none":
+        sides["conditional"] = make_flowergan(real, device, amp=args.amp, channels_last=channels_last, fused=fused,
+                                              compile=args.compile, compile_mode=args.compile_mode, ema=args.ema,
+                                              diffaugment=args.diffaugment, conditional=args.conditional,
+                                              num_classes=args.classes, loss=args.loss)
     dtype, _ = resolve_amp(args.amp, device)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"train_step: DCGAN 64x64, batch {args.batch}, {name}, torch {torch.__version__}")
@@ -212,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
           f"channels_last={channels_last}, fused Adam={fused}, compile={args.compile}"
           f"{f' ({args.compile_mode})' if args.compile else ''}"
           f"{f', diffaugment={args.diffaugment}' if args.diffaugment else ''}")
+    if args.conditional != "none":
+        print(f"  conditional: the same with model.conditional={args.conditional}, {args.classes} classes, "
+              f"train.loss={args.loss}")
     print(f"  {rounds} rounds x {steps} iterations per side, interleaved, after {warmup} warm-up iterations")
 
     for step in sides.values():
@@ -230,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         spread = f"{min(rates[k]):.1f}..{max(rates[k]):.1f}"
         print(f"{k:>10}: {med[k]:9.1f} img/s (median of {rounds}; range {spread})")
     print(f"ratio of the medians: {med['flowergan'] / med['reference']:.3f}")
+    if "conditional" in rates:  # paired per round like the last line: the price of conditioning, same machine
+        cond = statistics.median(c / f for c, f in zip(rates["conditional"], rates["flowergan"], strict=True))
+        print(f"conditional ratio={cond:.3f} (conditional img/s / unconditional flowergan img/s; goal >= 0.91)")
     # The final figure pairs each round's two sides, which ran seconds apart: load that drifts over the
     # run (other jobs on a shared machine) cancels out of each pair.
     print(f"train_step ratio={paired:.3f}")

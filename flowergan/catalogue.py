@@ -31,10 +31,13 @@ class MetricFacts:
     features: str = "inception"  # the default extractor: a key of EXTRACTORS
     headline: str = ""  # the sub-result that picks the best checkpoint ("" = the metric's own number)
     notes: dict[str, str] = field(default_factory=dict)  # sub-result ("/std") -> what it means
+    per_class: bool = False  # scores a class-conditional G class by class (model.conditional)
 
 
 PRDC_K = 5  # nearest neighbours of precision/recall/density/coverage (Naeem et al. 2020 use k = 5)
 _MODES = {"/covered": "modes with enough samples, read by the SynthFlowers oracle", "/of": "modes of the data set"}
+_PER_CLASS = {"/mean": "the mean over the classes (each class weighs the same)",
+              "/<class>": "the value for one class, named as the manifest names it"}
 
 METRICS: dict[str, MetricFacts] = {m.name: m for m in (
     MetricFacts("fid", "Fréchet Inception Distance of n generated images against the real shards (pool3, 2048-d; "
@@ -65,6 +68,19 @@ METRICS: dict[str, MetricFacts] = {m.name: m for m in (
                                                 "equally often"}),
     MetricFacts("modes_kl", "KL(generated SynthFlowers modes || uniform) in nats, read by the mode oracle (0 = every "
                             "mode equally often; lower is better).", True, False, features="oracle", notes=_MODES),
+    MetricFacts("intra_fd", "Intra-class Fréchet distance of a conditional G (Miyato & Koyama 2018's intra-FID, in "
+                            "the features of any extractor): FD between the samples asked for as class c and the real "
+                            "images of class c, for every class, and their mean (lower is better).", True, True,
+                headline="/mean", notes=_PER_CLASS, per_class=True),
+    MetricFacts("intra_kid", "Intra-class KID of a conditional G: KID between the samples asked for as class c and the "
+                             "real images of class c, for every class, and their mean (lower is better).", True, True,
+                headline="/mean", notes=_PER_CLASS, per_class=True),
+    MetricFacts("class_acc", "Class accuracy of a conditional G on SynthFlowers: the share of samples asked for as "
+                             "mode c that the mode oracle reads as c (higher is better), with the classes so covered.",
+                False, False, features="oracle",
+                notes={"/covered": "classes whose samples the oracle reads as that class at least min-count times",
+                       "/of": "classes of the data set",
+                       "/<class>": "the share of one class's samples read as that class"}, per_class=True),
 )}
 
 # The results of `flowergan-eval diversity`: measures of mode collapse that pick no checkpoint.

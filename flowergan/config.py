@@ -69,9 +69,18 @@ class ModelConfig:
     g_upsample: str = _f("deconv", "G's 2x upsampling: deconv = Radford's stride-2 transposed convolution; "
                          "resize-conv = nearest-neighbour 2x then a stride-1 convolution (Odena et al. 2016: "
                          "no checkerboard from uneven kernel overlap); resize-conv-last = deconv inside, resize-conv "
-                         "for the RGB layer only; deconv-blur = deconv then a fixed [1,2,1] low-pass (StyleGAN2), which "
-                         "cannot pass a period-2 lattice",
+                         "for the RGB layer only; deconv-blur = deconv then a fixed [1,2,1] low-pass (StyleGAN2), "
+                         "which cannot pass a period-2 lattice",
                          choices=("deconv", "resize-conv", "resize-conv-last", "deconv-blur"))
+    conditional: str = _f("none", "class conditioning: none = Radford's unconditional DCGAN; concat = cDCGAN, a "
+                          "learned class embedding appended to z and the label as extra input channels of D; "
+                          "projection = conditional BatchNorm in G (a gain and bias per class) and a projection D "
+                          "(Miyato & Koyama 2018: logit = psi(phi(x)) + <embed(y), phi(x)>)",
+                          choices=("none", "concat", "projection"))
+    num_classes: int = _f(0, "classes of a conditional model (0 = the data manifest's num_classes, at the start of "
+                          "training)", lo=0, hi=100_000)
+    class_names: str = _f("", "comma-separated class names of a conditional model, in label order ('' = the "
+                          "manifest's, at the start of training); sampling takes them with --class")
     g_sample_bn: str = _f("eval", "G's BatchNorm when sampling: eval = the running statistics of training; "
                           "batch = statistics recomputed from G's own batches of z (then eval mode)",
                           choices=("eval", "batch"))
@@ -99,6 +108,13 @@ class TrainConfig:
                            lo=0.0, hi=1.0)
     fake_label: float = _f(0.1, "D's target for generated images (0.0 = hard)", lo=0.0, hi=1.0)
     g_target: float = _f(1.0, "G's target for D(G(z)) (1.0 = non-saturating loss)", lo=0.0, hi=1.0)
+    loss: str = _f("bce", "adversarial loss: bce = cross-entropy on logits with the targets above (D(x) logged as a "
+                   "probability); hinge = D: relu(1 - D(x)) + relu(1 + D(G(z))), G: -D(G(z)) (Miyato et al. 2018, "
+                   "the standard of projection cGANs; D's raw score logged as D/*_logit; the three targets unused)",
+                   choices=("bce", "hinge"))
+    fake_classes: str = _f("data", "classes a conditional G is asked for in training, drawn per batch from this "
+                           "rank's noise stream: data = the data set's class frequencies (the manifest's counts), "
+                           "uniform = every class alike", choices=("data", "uniform"))
     amp: str = _f("auto", "mixed precision: auto = bf16 on GPUs that have it, else fp16; off on the CPU",
                   choices=("auto", "off", "bf16", "fp16"))
     channels_last: str = _f("auto", "NHWC memory format of G, D and the batches (faster convolutions on tensor "
@@ -304,6 +320,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"cluster.sync_batchnorm = true cannot be combined with train.r1_gamma = "
                           f"{cfg.train.r1_gamma!r}: SyncBatchNorm's backward is not twice differentiable (R1 needs "
                           "it); set one of them off")
+    _check_conditional(cfg)
     if cfg.train.batch_size % cfg.cluster.workers:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly across "
                           f"cluster.workers = {cfg.cluster.workers}")
@@ -315,6 +332,63 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.d_mbstd: groups of {cfg.model.d_mbstd} do not divide D's per-rank batch "
                           f"{per_rank // cfg.model.d_pack} (train.batch_size / cluster.workers / model.d_pack)")
     return cfg
+
+
+BCE_TARGETS = {"real_label": 0.9, "fake_label": 0.1, "g_target": 1.0}  # TrainConfig's defaults
+
+
+def _check_conditional(cfg: Config) -> None:
+    """The rules joining model.conditional, model.num_classes, model.class_names, model.d_pack and train.loss."""
+    mc, tc = cfg.model, cfg.train
+    if tc.loss == "hinge":
+        for key, default in BCE_TARGETS.items():
+            if getattr(tc, key) != default:
+                raise ConfigError(f"train.{key} = {getattr(tc, key)!r} has no meaning with train.loss = 'hinge' (its "
+                                  "margins are fixed); leave it at its default or use train.loss = 'bce'")
+    if METRICS[cfg.eval.metric].per_class and mc.conditional == "none":
+        raise ConfigError(f"eval.metric = {cfg.eval.metric!r} scores a class-conditional model class by class, but "
+                          "model.conditional = 'none'; choose another eval.metric or a conditional model")
+    if mc.conditional == "none":
+        if mc.num_classes or mc.class_names:
+            raise ConfigError("model.num_classes / model.class_names are set but model.conditional = 'none'; set "
+                              "model.conditional = 'concat' or 'projection', or leave them unset")
+        return
+    if mc.num_classes == 1:
+        raise ConfigError(f"model.conditional = {mc.conditional!r} needs at least 2 classes, but model.num_classes = "
+                          "1; use model.conditional = 'none'")
+    names = class_names(mc)
+    if names and mc.num_classes and len(names) != mc.num_classes:
+        raise ConfigError(f"model.class_names: {len(names)} names for model.num_classes = {mc.num_classes}")
+    if mc.conditional == "projection" and mc.d_pack > 1:
+        raise ConfigError(f"model.d_pack = {mc.d_pack} cannot be combined with model.conditional = 'projection': a "
+                          "packed logit judges several images of different classes, and the projection needs one "
+                          "class per logit; use model.conditional = 'concat' or model.d_pack = 1")
+
+
+def class_names(mc: ModelConfig) -> list[str]:
+    """model.class_names as a list ([] when unset)."""
+    return [n.strip() for n in mc.class_names.split(",")] if mc.class_names.strip() else []
+
+
+def with_classes(cfg: Config, classes: list[str], where: str) -> Config:
+    """`cfg` with a conditional model's num_classes and class_names filled from a data set's classes (`where` names
+    the data for the error); an unconditional config unchanged. A data set without classes is a one-line error."""
+    mc = cfg.model
+    if mc.conditional == "none":
+        return cfg
+    if len(classes) < 2:
+        raise ConfigError(f"model.conditional = {mc.conditional!r} needs a data set with classes, but {where} has "
+                          f"{len(classes)} class ({', '.join(classes) or 'none'}); shard a folder of class folders, "
+                          "or set model.conditional = 'none'")
+    if mc.num_classes and mc.num_classes != len(classes):
+        raise ConfigError(f"model.num_classes = {mc.num_classes} but {where} has {len(classes)} classes; leave "
+                          "model.num_classes = 0 to take the data's")
+    bad = [c for c in classes if "," in c]
+    if bad and not mc.class_names:
+        raise ConfigError(f"{where}: class name {bad[0]!r} holds a comma, which model.class_names cannot carry; "
+                          "set model.class_names by hand (comma-separated)")
+    model = dataclasses.replace(mc, num_classes=len(classes), class_names=mc.class_names or ",".join(classes))
+    return validate(dataclasses.replace(cfg, model=model))
 
 
 def from_dict(data: dict[str, Any], *, source: str = "config") -> Config:

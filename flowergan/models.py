@@ -1,7 +1,8 @@
 """The DCGAN of Radford et al. (2016): only nn.Modules, no I/O, no optimizers, no ranks.
 
 G maps z [B, nz] to images [B, 3, R, R] in [-1, 1]; D maps images to one logit per image (no Sigmoid:
-the loss takes logits, which is also what autocast requires).
+the loss takes logits, which is also what autocast requires). Class-conditional variants (`model.conditional`) take
+labels y [B] as a second argument: G(z, y), D(x, y); the unconditional nets are built and called exactly as before.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from flowergan.config import ModelConfig
+from flowergan.config import ModelConfig, class_names
 
 
 def init_weights(m: nn.Module) -> None:
@@ -21,7 +22,7 @@ def init_weights(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
+    elif isinstance(m, nn.BatchNorm2d) and m.affine:  # conditional BatchNorm keeps its gains in embeddings
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
 
@@ -57,6 +58,43 @@ class Blur(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+CONDITIONAL = ("none", "concat", "projection")
+G_EMBED = 50  # length of concat G's class embedding appended to z (the size Keras/PyTorch cDCGAN tutorials use)
+# concat D's label map: one extra input channel holding a learned R x R picture per class (the cGAN tutorials' label
+# channel). One channel because D's first convolution costs in proportion to its input channels (3 + 1: a third more
+# for that layer only; a one-hot map of 102 Oxford classes would cost 35x it), a picture rather than a constant so
+# that a single channel can still tell many classes apart.
+D_LABEL_CHANNELS = 1
+
+
+def _check_conditional(conditional: str, num_classes: int) -> None:
+    if conditional not in CONDITIONAL:
+        raise ValueError(f"conditional must be one of {CONDITIONAL}, got {conditional!r}")
+    if conditional != "none" and num_classes < 2:
+        raise ValueError(f"a conditional model needs num_classes >= 2 (model.num_classes), got {num_classes}")
+
+
+def _labels(y: torch.Tensor | None) -> torch.Tensor:
+    if y is None:
+        raise ValueError("a conditional model needs class labels: call it as net(x, y)")
+    return y
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine, then a gain and a bias per class (de Vries et al. 2017; the conditional
+    BN of Miyato & Koyama 2018's G), initialised as DCGAN initialises BatchNorm: gain N(1, 0.02), bias 0."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.normal_(self.gain.weight, 1.0, 0.02)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # One fused multiply-add (bias + x_hat * gain): a separate * and + cost an extra pass over G's activations.
+        return torch.addcmul(self.bias(y)[:, :, None, None], self.bn(x), self.gain(y)[:, :, None, None])
 
 
 def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
@@ -85,19 +123,30 @@ class Generator(nn.Module):
     convolution (Radford's) or, with upsample="resize-conv", a nearest-neighbour resize and a convolution."""
 
     def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3,
-                 upsample: str = "deconv"):
+                 upsample: str = "deconv", num_classes: int = 0, conditional: str = "none"):
         super().__init__()
+        _check_conditional(conditional, num_classes)
         self.nz = nz
+        self.conditional = conditional
+        self.num_classes = num_classes if conditional != "none" else 0  # 0: G(z) takes no labels
+        self.class_names: list[str] = []  # label order; build_models fills them from model.class_names
         n = _n_blocks(resolution)
         ch = [ngf * 2 ** (n - 1 - i) for i in range(n)]  # 64²: 512, 256, 128, 64
+        if conditional == "concat":  # cDCGAN: G's input is z with the class's learned embedding appended
+            self.embed = nn.Embedding(num_classes, G_EMBED)
+        z_len = nz + (G_EMBED if conditional == "concat" else 0)
+
+        def bn(c: int) -> nn.Module:
+            return ConditionalBatchNorm2d(c, num_classes) if conditional == "projection" else nn.BatchNorm2d(c)
+
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(nz, ch[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
-            nn.BatchNorm2d(ch[0]),
+            nn.ConvTranspose2d(z_len, ch[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+            bn(ch[0]),
             nn.ReLU(True),
         ]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
             inner = "deconv" if upsample == "resize-conv-last" else upsample
-            layers += [_up(c_in, c_out, kernel, inner), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            layers += [_up(c_in, c_out, kernel, inner), bn(c_out), nn.ReLU(True)]
         # resize-conv-last: Radford's deconvs inside, resize-conv only for the RGB layer, whose uneven overlap is the
         # one that lands on output pixels as a period-2 checkerboard.
         last = "resize-conv" if upsample == "resize-conv-last" else upsample
@@ -105,10 +154,18 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]
-        return self.main(z)
+        if self.conditional == "none":
+            return self.main(z)
+        y = _labels(y)
+        if self.conditional == "concat":
+            return self.main(torch.cat([z, self.embed(y)[:, :, None, None].to(z.dtype)], dim=1))
+        x = z
+        for layer in self.main:  # projection: each conditional BatchNorm reads the labels
+            x = layer(x, y) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
+        return x
 
 
 class Pack(nn.Module):
@@ -165,14 +222,20 @@ class Discriminator(nn.Module):
 
     def __init__(self, ndf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3, dropout: float = 0.0,
                  input_dropout: float = 0.0, head: str = "conv", spectral_norm: bool = False, pack: int = 1,
-                 mbstd: int = 0):
+                 mbstd: int = 0, num_classes: int = 0, conditional: str = "none"):
         super().__init__()
+        _check_conditional(conditional, num_classes)
+        if conditional == "projection" and pack > 1:
+            raise ValueError("a projection D needs one class per logit: it cannot pack images (model.d_pack)")
+        self.conditional = conditional
+        self.num_classes = num_classes if conditional != "none" else 0
         n = _n_blocks(resolution)
         ch = [ndf * 2**i for i in range(n)]  # 64²: 64, 128, 256, 512
         layers: list[nn.Module] = [Pack(pack)] if pack > 1 else []
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
-        c_in = nc * pack
+        # concat: the label map joins each image before packing, so a packed sample carries each image's class.
+        c_in = (nc + (D_LABEL_CHANNELS if conditional == "concat" else 0)) * pack
         for i, c_out in enumerate(ch):
             layers.append(_down(c_in, c_out, kernel))
             if i > 0:
@@ -191,19 +254,45 @@ class Discriminator(nn.Module):
         else:
             raise ValueError(f"head must be 'conv' or 'dense', got {head!r}")
         self.apply(init_weights)
+        if conditional == "concat":
+            self.embed = nn.Embedding(num_classes, D_LABEL_CHANNELS * resolution * resolution)
+        elif conditional == "projection":  # embed(y) meets phi(x), the sum-pooled last features (Miyato & Koyama)
+            self.embed = nn.Embedding(num_classes, c_in)
+            nn.init.xavier_uniform_(self.embed.weight)  # as the paper's code initialises it
         if spectral_norm:
             for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):  # Miyato & Koyama normalise embed(y) too
                     _spectral_norm(m)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).view(-1)
+    def phi(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The penultimate features [B, C, 4, 4] that the head reads (concat D: of x with its label channels)."""
+        if self.conditional != "concat":
+            return self.features(x)
+        y = _labels(y)
+        B, _, H, W = x.shape
+        label_map = self.embed(y).view(B, D_LABEL_CHANNELS, H, W).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last):  # NHWC in, NHWC out: cat of mixed layouts copies
+            label_map = label_map.contiguous(memory_format=torch.channels_last)
+        return self.features(torch.cat([x, label_map], dim=1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditional == "none":
+            return self.head(self.features(x)).view(-1)
+        y = _labels(y)
+        if self.conditional == "concat":
+            return self.head(self.phi(x, y)).view(-1)
+        h = self.features(x)
+        phi = h.sum(dim=(2, 3)).float()  # global sum pooling, in fp32: a sum of 16 fp16 features can lose bits
+        return self.head(h).view(-1).float() + (self.embed(y) * phi).sum(dim=1)
 
 
 def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
-    """G and D as the model section describes them."""
-    G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel, upsample=cfg.g_upsample)
+    """G and D as the model section describes them; G also carries the class names (`G.class_names`, [] when
+    unconditional) that sampling by name reads."""
+    G = Generator(cfg.nz, cfg.ngf, cfg.resolution, cfg.kernel, upsample=cfg.g_upsample, num_classes=cfg.num_classes,
+                  conditional=cfg.conditional)
     D = Discriminator(cfg.ndf, cfg.resolution, cfg.kernel, dropout=cfg.d_dropout,
                       input_dropout=cfg.d_input_dropout, head=cfg.d_head, spectral_norm=cfg.spectral_norm,
-                      pack=cfg.d_pack, mbstd=cfg.d_mbstd)
+                      pack=cfg.d_pack, mbstd=cfg.d_mbstd, num_classes=cfg.num_classes, conditional=cfg.conditional)
+    G.class_names = class_names(cfg) if cfg.conditional != "none" else []
     return G, D

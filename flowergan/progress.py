@@ -81,7 +81,7 @@ class TrainProgress:
             done = step - self.start_step
             eta = elapsed / done * (self.total - step) if done > 0 else 0.0
             print(f"step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)  {speed}  {losses}  "
-                  f"D(x) {metrics['D/real']:.3f}  D(G(z)) {metrics['D/fake_after']:.3f}  "
+                  f"{_d_outputs(metrics)}  "
                   f"elapsed {_clock(elapsed)}  ETA {_clock(eta)}", file=self.stream, flush=True)
 
     def say(self, text: str) -> None:
@@ -94,3 +94,10 @@ class TrainProgress:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _d_outputs(metrics: dict[str, float]) -> str:
+    """D on the reals and the fakes: probabilities under train.loss = bce, raw scores (D/*_logit) under hinge."""
+    if "D/real" in metrics:
+        return f"D(x) {metrics['D/real']:.3f}  D(G(z)) {metrics['D/fake_after']:.3f}"
+    return f"D(x) logit {metrics['D/real_logit']:.3f}  D(G(z)) logit {metrics['D/fake_after_logit']:.3f}"

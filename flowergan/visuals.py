@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
@@ -22,6 +23,24 @@ def to_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     n = images.shape[0]
     nrow = nrow or max(1, int(round(n**0.5)))
     return make_grid(images.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=2)
+
+
+def class_rows(images: torch.Tensor, names: list[str], cols: int) -> torch.Tensor:
+    """Images in [-1, 1], `cols` per class in class order -> one [3, H, W] grid in [0, 1] with one row per class and
+    the class's name at the left of its row (for a conditional G's samples)."""
+    from PIL import ImageDraw
+
+    grid = to_grid(images, nrow=cols)
+    rows, pad = len(names), 2
+    row_h = (grid.shape[1] - pad) // max(rows, 1)
+    label_w = 8 + 6 * max((len(n) for n in names), default=0)  # PIL's default bitmap font: about 6 px a character
+    canvas = Image.new("RGB", (label_w + grid.shape[2], grid.shape[1]), "white")
+    pixels = (grid * 255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    canvas.paste(Image.fromarray(pixels), (label_w, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, name in enumerate(names):
+        draw.text((4, pad + i * row_h + row_h // 2 - 5), name, fill="black")
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
 def save_png(grid: torch.Tensor, path: Path) -> None:

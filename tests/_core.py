@@ -38,3 +38,18 @@ class TensorStream:
                 x = torch.full_like(x, float("nan"))
             yield x, torch.zeros(self.batch, dtype=torch.long)
             i += 1
+
+
+class ClassStream(TensorStream):
+    """TensorStream with named classes: image i is class i % k (the stream a conditional model trains on)."""
+
+    def __init__(self, k: int = 3, counts: list[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.classes = [f"class{c}" for c in range(k)]
+        self.class_counts = counts or [1] * k
+        self.labels = torch.arange(self.num_samples) % k
+
+    def iter_from(self, start: int):
+        for i, (x, _) in enumerate(super().iter_from(start), start=start):
+            b = i % self.batches_per_epoch
+            yield x, self.labels[b * self.batch:(b + 1) * self.batch].clone()

@@ -211,14 +211,14 @@ def test_no_host_sync_inside_a_step(shards, amp, channels_last, compile):
     assert torch.isfinite(acc).all()  # the one sync, after the steps
 
 
-def _syncs_of_a_run(run_dir: Path, steps: int, shards: Path) -> int:
+def _syncs_of_a_run(run_dir: Path, steps: int, shards: Path, *extra: str) -> int:
     from flowergan.train.loop import train
 
     # Batch 4: 16 batches per epoch, so neither run reaches an epoch's end (whose logging syncs too).
     cfg = tiny_config(run_dir, f"data.path={shards}", "data.workers=0", "train.device=cuda", f"train.steps={steps}",
                       f"log.every={steps}", f"train.checkpoint_every={steps}", f"log.sample_every={steps}",
                       "train.batch_size=4", "log.tensorboard=false", "train.r1_gamma=1",
-                      "train.diffaugment=color,translation")
+                      "train.diffaugment=color,translation", *extra)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -231,9 +231,13 @@ def _syncs_of_a_run(run_dir: Path, steps: int, shards: Path) -> int:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_the_whole_loop_syncs_per_log_interval_not_per_step(shards, tmp_path):
-    """train() for 4 and for 12 steps with one log/checkpoint/sample interval: the same number of host syncs."""
-    short, long = _syncs_of_a_run(tmp_path / "a", 4, shards), _syncs_of_a_run(tmp_path / "b", 12, shards)
+@pytest.mark.parametrize("extra", [(), ("model.conditional=projection", "train.loss=hinge"),
+                                   ("model.conditional=concat",)], ids=["default", "projection-hinge", "concat"])
+def test_the_whole_loop_syncs_per_log_interval_not_per_step(shards, tmp_path, extra):
+    """train() for 4 and for 12 steps with one log/checkpoint/sample interval: the same number of host syncs (a
+    conditional run's labels and fake classes included)."""
+    short = _syncs_of_a_run(tmp_path / "a", 4, shards, *extra)
+    long = _syncs_of_a_run(tmp_path / "b", 12, shards, *extra)
     assert short > 0, "sync debug mode reported nothing: the count below would prove nothing"
     assert long == short, f"{long - short} more host syncs in 8 more steps"
 

@@ -127,6 +127,44 @@ def test_sigkilled_job_resumes_bit_identical_on_every_rank(shards: Path, tmp_pat
     assert ckpt_io.damage(split / "checkpoints" / "step-00000008") is None
 
 
+def _kill_at(step: int, cmd: list[str], marker: Path) -> None:
+    """Run `cmd` until the fault hook hangs rank 0 at `step`, then SIGKILL torchrun and every rank."""
+    job = subprocess.Popen(cmd, env=_env(FLOWERGAN_FAULT_STEP=str(step), FLOWERGAN_FAULT_ACTION="hang",
+                                         FLOWERGAN_FAULT_ONCE=str(marker)),
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while not marker.exists():
+            assert job.poll() is None and time.time() < deadline, "the job ended before the fault hook fired"
+            time.sleep(0.2)
+    finally:
+        for pid in [job.pid, *descendants(job.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        job.wait()
+
+
+def test_sigkilled_conditional_job_resumes_bit_identical_on_every_rank(shards: Path, tmp_path: Path) -> None:
+    """A projection cGAN with hinge loss and fake classes from the data's frequencies: each rank draws its fake
+    labels from its own stream, which the checkpoint restores, so the resumed run is the uninterrupted one."""
+    straight, split, marker = tmp_path / "straight", tmp_path / "split", tmp_path / "hung"
+    cond = ("train.steps=8", "model.conditional=projection", "train.loss=hinge")
+    r = _run(_cmd(straight, shards, *cond))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    digests = dict(DIGEST.findall(r.stdout))
+    assert set(digests) == {"4", "8"}, r.stdout[-3000:]
+    _kill_at(6, _cmd(split, shards, *cond), marker)
+    assert [p.name for p in ckpt_io.list_checkpoints(split / "checkpoints")] == ["step-00000004"]
+    r = _run(_cmd(split, shards, *cond) + ["--resume"], FLOWERGAN_FAULT_ONCE=str(marker))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert dict(DIGEST.findall(r.stdout)) == {"8": digests["8"]}, r.stdout[-3000:]
+    a, b = _final_state(straight), _final_state(split)
+    assert any(".embed." in k for k in a)  # the conditional nets, with their class embeddings
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_consistency_check_stops_a_compiled_run_whose_ranks_differ(shards: Path, tmp_path: Path) -> None:
     """Rank 1 nudges one G weight after step 3 (outside the optimizer): at checkpoint 4 the ranks' hashes differ
     and every rank stops with the same one-line error; the disagreeing checkpoint is not kept."""

@@ -116,19 +116,21 @@ class Evaluation:
                                          inception_weights=self.opts.inception_weights, progress=self.bar)
         return cache[spec]
 
-    def reference_for(self, spec: str) -> Reference:
-        """Features and statistics of the real images in `spec`'s features (cached on disk by extractor)."""
+    def reference_for(self, spec: str, labels: bool = False) -> Reference:
+        """Features and statistics of the real images in `spec`'s features (cached on disk by extractor); `labels`:
+        with each image's class (the per-class metrics)."""
         cache = self.__dict__.setdefault("_references", {})
-        if spec not in cache:
+        if spec not in cache or (labels and cache[spec].labels is None):
             cache[spec] = reference(self.require_real(), self.extractor_for(spec), n=self.opts.ref_n,
-                                    batch=self.opts.batch, progress=self.bar)
+                                    batch=self.opts.batch, progress=self.bar, labels=labels)
         return cache[spec]
 
     def fake_for(self, spec: str) -> FT.Features:
         """The n generated images in `spec`'s features (G's images are reused when they are kept already)."""
         cache = self.__dict__.setdefault("_fakes", {})
         if spec not in cache:
-            images = FT.generate(self.generator(), self.z, batch=self.opts.batch, device=self.device)
+            images = FT.generate(self.generator(), self.z, batch=self.opts.batch, device=self.device,
+                                 y=self.fake_labels)
             if self.computed("fake_images"):  # already generated: reuse rather than run G again
                 images = self.fake_images.split(self.opts.batch)
             cache[spec] = FT.extract(self.extractor_for(spec), images, self.opts.n, progress=self.bar,
@@ -153,10 +155,15 @@ class Evaluation:
         return FT.latents(self.opts.n, self.nz, self.opts.seed)
 
     @cached_property
+    def fake_labels(self) -> torch.Tensor | None:
+        """The class of each generated image of a conditional G (i mod K); None for an unconditional G."""
+        return FT.sample_labels(self.generator(), self.opts.n)
+
+    @cached_property
     def fake_images(self) -> torch.Tensor:
         """All n generated images as uint8 on the CPU (for the diversity measures and the report)."""
         return torch.cat([x.cpu() for x in FT.generate(self.generator(), self.z, batch=self.opts.batch,
-                                                       device=self.device)])
+                                                       device=self.device, y=self.fake_labels)])
 
     @cached_property
     def fake(self) -> FT.Features:
@@ -240,17 +247,24 @@ class Evaluation:
         names = self.extractor_of
         for base in bases:
             entry = M.REGISTRY[base]
+            per_class = entry.facts.per_class
+            if per_class and self.fake_labels is None:
+                raise UserError(f"{base} scores a class-conditional generator class by class; {self.ckpt} is "
+                                "unconditional (model.conditional = 'none')")
             if entry.features == "oracle":
                 gen, info = self.mode_predictions(oracle_dir)
                 ref, label = None, f"mode oracle {info['path']} (held-out accuracy {info['accuracy']:.2%})"
             else:
                 spec = self.opts.features or entry.features
                 gen = self.fake_for(spec).as_dict()
-                ref = self.reference_for(spec).as_dict() if entry.needs_real else None
+                ref = self.reference_for(spec, labels=per_class).as_dict() if entry.needs_real else None
                 label = self.extractor_for(spec).name
+            if per_class and self.fake_labels is not None:
+                gen = {**gen, "labels": self.fake_labels.numpy()}
+            classes = self.real.classes if self.real is not None else None
             try:
                 values = M.compute(base, self.opts.n, gen, ref, seed=M.SHUFFLE_SEED, device=self.device,
-                                   min_count=min_count)
+                                   min_count=min_count, classes=classes)
             except KeyError:
                 raise UserError(f"{base} needs class logits, which --features {self.opts.features} does not "
                                 "give; use --features inception or synth") from None
@@ -298,13 +312,18 @@ def recorded_data(artifact: Artifact) -> str:
 _ANNOUNCED: set[str] = set()
 
 
-def _samples(G: nn.Module, nz: int, n: int, seed: int, device: torch.device) -> list[torch.Tensor]:
-    """n uint8 samples of G in eval mode (restored after); z from its own seed, so the global RNGs are untouched."""
-    return list(FT.generate(unwrap(G), FT.latents(n, nz, seed), batch=64, device=device))
+def _samples(G: nn.Module, nz: int, n: int, seed: int, device: torch.device
+             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """n uint8 samples of G in eval mode (restored after), and each one's class for a conditional G (else None); z
+    from its own seed, so the global RNGs are untouched."""
+    G = unwrap(G)
+    labels = FT.sample_labels(G, n)
+    return list(FT.generate(G, FT.latents(n, nz, seed), batch=64, device=device, y=labels)), labels
 
 
 def registry_scores(base: str, images: list[torch.Tensor], real: RealSet, *, device: torch.device,
-                    inception_weights: str | None = None, features: str = "") -> tuple[dict[str, float], str]:
+                    inception_weights: str | None = None, features: str = "", labels: torch.Tensor | None = None
+                    ) -> tuple[dict[str, float], str]:
     """One registry metric of generated uint8 batches against `real`, and the name of what read the images.
 
     Feature metrics use `features` (or the metric's own extractor); the mode metrics use the mode oracle. SynthNet
@@ -313,6 +332,9 @@ def registry_scores(base: str, images: list[torch.Tensor], real: RealSet, *, dev
     if base not in M.REGISTRY:
         raise UserError(f"eval.metric: {base!r} is not a registered metric; one of: {', '.join(M.REGISTRY)}")
     entry = M.REGISTRY[base]
+    per_class = entry.facts.per_class
+    if per_class and labels is None:
+        raise UserError(f"eval.metric = {base!r} scores a class-conditional generator; set model.conditional")
     n = sum(len(x) for x in images)
     gen: dict[str, Any]
     if entry.features == "oracle":
@@ -328,9 +350,11 @@ def registry_scores(base: str, images: list[torch.Tensor], real: RealSet, *, dev
         extractor = load_extractor(features or entry.features, real=real, device=device,
                                    inception_weights=inception_weights)
         gen = FT.extract(extractor, images, n).as_dict()
-        ref = reference(real, extractor).as_dict() if entry.needs_real else None
+        ref = reference(real, extractor, labels=per_class).as_dict() if entry.needs_real else None
         label = extractor.name
-    out = M.compute(base, n, gen, ref, device=device)
+    if per_class and labels is not None:
+        gen["labels"] = labels.numpy()
+    out = M.compute(base, n, gen, ref, device=device, classes=real.classes)
     # The loop logs every key: constants (the subset size, the number of modes) would only clutter the logs.
     return {k: float(v) for k, v in out.items() if not k.endswith(("/subset_size", "/of"))}, label
 
@@ -344,8 +368,9 @@ def in_training_metric(G: nn.Module, *, nz: int, metric: str, n: int, data: str,
     """
     dev = pick_device(device)
     real = open_real(data)
-    scores, label = registry_scores(metric, _samples(G, nz, n, seed, dev), real, device=dev,
-                                    inception_weights=inception_weights, features=features)
+    images, labels = _samples(G, nz, n, seed, dev)
+    scores, label = registry_scores(metric, images, real, device=dev, inception_weights=inception_weights,
+                                    features=features, labels=labels)
     key = M.best_key(metric, n)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
@@ -363,7 +388,7 @@ def synth_scores(G: nn.Module, *, nz: int, n: int, data: str, device: str | torc
     """
     dev = pick_device(device)
     real = open_real(data)
-    images = _samples(G, nz, n, seed, dev)
+    images, _ = _samples(G, nz, n, seed, dev)
     fd, _ = registry_scores("synth_fd", images, real, device=dev)
     modes, _ = registry_scores("modes", images, real, device=dev)
     c = M.count_suffix(n)

@@ -114,9 +114,11 @@ def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps:
         from flowergan.artifacts.checkpoint import read_discriminator
 
         D, _ = read_discriminator(ev.require_checkpoint("the D-feature PCA (with --data)"), device=ev.device)
-        real_x = ev.real_images[0] if ev.computed("real_images") else _first_real(ev, m)
-        pics["d_features_pca.png"] = L.d_features_pca_png(FT.d_features(D, real_x[:m], device=ev.device),
-                                                          FT.d_features(D, ev.fake_images[:m], device=ev.device))
+        real_x, real_y = ev.real_images if ev.computed("real_images") else _first_real(ev, m)
+        fake_y = ev.fake_labels[:m] if ev.fake_labels is not None else None  # a conditional D reads the classes
+        pics["d_features_pca.png"] = L.d_features_pca_png(
+            FT.d_features(D, real_x[:m], device=ev.device, labels=real_y[:m]),
+            FT.d_features(D, ev.fake_images[:m], device=ev.device, labels=fake_y))
     for mode in ("lerp", "slerp"):
         z = L.interpolation_latents(ev.nz, pairs, steps, ev.opts.seed, mode)
         images = torch.cat([x.cpu() for x in FT.generate(G, z, batch=ev.opts.batch, device=ev.device)])
@@ -127,10 +129,10 @@ def latent_pictures(ev: Evaluation, *, thumbs: int = 120, pairs: int = 6, steps:
     return pics
 
 
-def _first_real(ev: Evaluation, m: int) -> torch.Tensor:
+def _first_real(ev: Evaluation, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     from flowergan_eval.real import load_real
 
-    return load_real(ev.require_real(), m)[0]
+    return load_real(ev.require_real(), m)
 
 
 def run_latent(ckpt: str, opts: Options, out: Path, gif: bool = False) -> dict[str, Any]:
@@ -205,3 +207,17 @@ def run_oracle_train(data: str, *, out: Path | None, epochs: int, seed: int, sho
                                            "hue well and petal count partly, which is all FD needs)"},
             "path": str(path), "oracle": {k: v for k, v in info.items() if k != "classes"},
             "synthnet": net_info, "messages": [f"{'oracle and SynthNet' if net_info else 'oracle'} saved to {path}"]}
+
+
+def class_pairs(ev: Evaluation, real_x: torch.Tensor, real_y: torch.Tensor, per_row: int = 6
+                ) -> list[tuple[str, bytes, bytes]]:
+    """(class name, a row of its generated samples, a row of its real images) for every class of a conditional G."""
+    assert ev.fake_labels is not None
+    names = ev.require_real().classes
+    rows = []
+    for c, name in enumerate(names):
+        fake = ev.fake_images[ev.fake_labels == c][:per_row]
+        real = real_x[real_y == c][:per_row]
+        if len(fake) and len(real):
+            rows.append((name, L.grid_png(fake, nrow=per_row), L.grid_png(real, nrow=per_row)))
+    return rows

@@ -247,6 +247,14 @@ def extract(extractor: Any, batches: Iterable[torch.Tensor], total: int, *,
 
 
 # ---------------------------------------------------------------- G and D
+def sample_labels(G: nn.Module, n: int) -> torch.Tensor | None:
+    """The class of each of n generated images of a conditional G (sample i is class i mod K, so every class is
+    scored alike); None for an unconditional G."""
+    from flowergan.generation import class_labels
+
+    return class_labels(G, n)
+
+
 def latents(n: int, nz: int, seed: int) -> torch.Tensor:
     """The z for sample i is the same on every device and batch size (drawn on the CPU from one seed)."""
     g = torch.Generator().manual_seed(seed)
@@ -254,28 +262,37 @@ def latents(n: int, nz: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | torch.device = "cpu"
-             ) -> Iterator[torch.Tensor]:
-    """G(z) in eval mode as uint8 batches on `device` (fp32: no autocast, so samples match a saved PNG)."""
+def generate(G: nn.Module, z: torch.Tensor, *, batch: int = 64, device: str | torch.device = "cpu",
+             y: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """G(z) in eval mode as uint8 batches on `device` (fp32: no autocast, so samples match a saved PNG); a
+    conditional G gets G(z, y), y the class of each row (default `sample_labels`: row i is class i mod K)."""
     device = torch.device(device)
+    if y is None:
+        y = sample_labels(G, len(z))
     was_training = G.training
     G.eval()
     try:
         for lo in range(0, len(z), batch):
             with torch.autocast(device.type, enabled=False):
-                yield to_uint8(G(z[lo:lo + batch].to(device)))
+                zb = z[lo:lo + batch].to(device)
+                yield to_uint8(G(zb) if y is None else G(zb, y[lo:lo + batch].to(device)))
     finally:
         G.train(was_training)
 
 
 @torch.no_grad()
-def d_features(D: Discriminator, images: torch.Tensor, *, batch: int = 256, device: str | torch.device = "cpu"
-               ) -> np.ndarray:
-    """D's penultimate activations (`D.features`) of uint8 images, flattened to [N, C*4*4]."""
+def d_features(D: Discriminator, images: torch.Tensor, *, batch: int = 256, device: str | torch.device = "cpu",
+               labels: torch.Tensor | None = None) -> np.ndarray:
+    """D's penultimate activations (`D.phi`) of uint8 images, flattened to [N, C*4*4]; a concat D also reads each
+    image's class (`labels`)."""
     was_training = D.training
     D.eval()
+
+    def y(lo: int) -> torch.Tensor | None:
+        return None if labels is None or D.conditional != "concat" else labels[lo:lo + batch].to(device)
+
     try:
-        out = [D.features(uint8_to_unit(images[lo:lo + batch].to(device))).flatten(1).float().cpu()
+        out = [D.phi(uint8_to_unit(images[lo:lo + batch].to(device)), y(lo)).flatten(1).float().cpu()
                for lo in range(0, len(images), batch)]
     finally:
         D.train(was_training)

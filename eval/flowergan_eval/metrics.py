@@ -10,6 +10,7 @@ picks the best checkpoint; the CLI and the in-training evaluation both go throug
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +196,83 @@ def mode_stats(pred: np.ndarray, k: int, min_count: int) -> dict[str, Any]:
             "min_count": min_count}
 
 
+# ---------------------------------------------------------------- per class (a conditional G)
+def per_class(fn: Callable[[np.ndarray, np.ndarray], float], gen: np.ndarray, gen_labels: np.ndarray,
+              real: np.ndarray, real_labels: np.ndarray, k: int) -> np.ndarray:
+    """fn(generated features of class c, real features of class c) for every class c; NaN where a side has fewer
+    than 2 samples of c (a distance of one sample to a set means nothing)."""
+    gl, rl = np.asarray(gen_labels), np.asarray(real_labels)
+    out = np.full(k, np.nan)
+    for c in range(k):
+        g, r = gen[gl == c], real[rl == c]
+        if len(g) >= 2 and len(r) >= 2:
+            out[c] = fn(g, r)
+    return out
+
+
+def class_accuracy(pred: np.ndarray, asked: np.ndarray, k: int, min_count: int) -> dict[str, Any]:
+    """How often the oracle reads a sample asked for as class c as c: overall, per class, and the classes read
+    right at least `min_count` times (covered)."""
+    pred, asked = np.asarray(pred), np.asarray(asked)
+    right = pred == asked
+    hits = np.bincount(asked[right], minlength=k)[:k]
+    asked_n = np.bincount(asked, minlength=k)[:k]
+    per = np.where(asked_n > 0, hits / np.maximum(asked_n, 1), np.nan)
+    return {"accuracy": float(right.mean()) if len(right) else float("nan"), "per_class": per,
+            "covered": int((hits >= min_count).sum()), "num_classes": k}
+
+
+def class_key(name: str, c: int) -> str:
+    """A class's sub-result name: its manifest name with anything but letters, digits and _ made _ (else c<i>)."""
+    key = re.sub(r"\W", "_", name).strip("_")
+    return key or f"c{c}"
+
+
+def _by_class(values: np.ndarray, classes: list[str] | None) -> dict[str, float]:
+    names = classes if classes and len(classes) == len(values) else [f"c{c}" for c in range(len(values))]
+    return {f"/{class_key(n, c)}": float(v) for c, (n, v) in enumerate(zip(names, values))}
+
+
+def _labels(gen: dict, ref: dict | None, base: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the classes the generated images were asked for, the real images' classes)."""
+    if gen.get("labels") is None:
+        raise ValueError(f"{base} scores a class-conditional generator, class by class; this one is unconditional")
+    if ref is None or ref.get("labels") is None:
+        raise ValueError(f"{base} needs the real images' classes beside their features")
+    return np.asarray(gen["labels"]), np.asarray(ref["labels"])
+
+
+def _mean_of(values: np.ndarray, base: str) -> float:
+    if np.isnan(values).all():
+        raise ValueError(f"{base}: no class has 2 or more samples on both sides")
+    return float(np.nanmean(values))
+
+
+def _intra_fd_entry(gen: dict, ref: dict, classes: list[str] | None = None, **_: object) -> dict[str, float]:
+    gl, rl = _labels(gen, ref, "intra_fd")
+    k = len(classes) if classes else int(max(gl.max(), rl.max())) + 1
+    values = per_class(fid_from_features, gen["pool"], gl, ref["pool"], rl, k)
+    return {"/mean": _mean_of(values, "intra_fd"), **_by_class(values, classes)}
+
+
+def _intra_kid_entry(gen: dict, ref: dict, classes: list[str] | None = None, seed: int = SHUFFLE_SEED,
+                     device: str | torch.device | None = None, **_: object) -> dict[str, float]:
+    gl, rl = _labels(gen, ref, "intra_kid")
+    k = len(classes) if classes else int(max(gl.max(), rl.max())) + 1
+    values = per_class(lambda g, r: kid(g, r, seed=seed, device=device)[0], gen["pool"], gl, ref["pool"], rl, k)
+    return {"/mean": _mean_of(values, "intra_kid"), **_by_class(values, classes)}
+
+
+def _class_acc_entry(gen: dict, ref: dict | None = None, min_count: int = 0, classes: list[str] | None = None,
+                     **_: object) -> dict[str, float]:
+    if gen.get("labels") is None:
+        raise ValueError("class_acc scores a class-conditional generator; this one is unconditional")
+    asked = np.asarray(gen["labels"])
+    k = int(gen["num_modes"])
+    s = class_accuracy(gen["modes"], asked, k, min_count or default_min_count(len(asked), k))
+    return {"": s["accuracy"], "/covered": float(s["covered"]), "/of": float(k), **_by_class(s["per_class"], classes)}
+
+
 # ---------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Metric:
@@ -247,7 +325,8 @@ def _modes_kl_entry(gen: dict, ref: dict | None = None, **kwargs: Any) -> dict[s
 # The compute function of each metric in flowergan.catalogue (which holds everything else about it).
 COMPUTE: dict[str, Callable[..., dict[str, float]]] = {
     "fid": _fid_entry, "kid": _kid_entry, "is": _is_entry, "prdc": _prdc_entry, "synth_fd": _fid_entry,
-    "effnet_fd": _fid_entry, "modes": _modes_entry, "modes_kl": _modes_kl_entry,
+    "effnet_fd": _fid_entry, "modes": _modes_entry, "modes_kl": _modes_kl_entry, "intra_fd": _intra_fd_entry,
+    "intra_kid": _intra_kid_entry, "class_acc": _class_acc_entry,
 }
 REGISTRY: dict[str, Metric] = {name: Metric(facts, COMPUTE[name]) for name, facts in METRICS.items()}
 

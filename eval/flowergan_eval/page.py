@@ -131,6 +131,20 @@ def _pictures(sections: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _per_class(sections: dict[str, Any]) -> list[str]:
+    """A conditional G's classes: a row of samples asked for as each class beside a row of its real images."""
+    per_class = sections.get("classes", [])
+    if not per_class:
+        return []
+    parts = ["<section id='classes'><h2>Per class: samples asked for as the class, beside its real images</h2>"
+             "<table><tr><th>class</th><th>generated</th><th>real</th></tr>"]
+    for name, fake_png, real_png in per_class:
+        parts.append(f"<tr><td>{e(name)}</td><td>{_img(fake_png, f'generated {name}', cls='grid')}</td>"
+                     f"<td>{_img(real_png, f'real {name}', cls='grid')}</td></tr>")
+    parts.append("</table></section>")
+    return parts
+
+
 def _modes_and_closest(sections: dict[str, Any]) -> list[str]:
     parts = []
     modes = sections.get("modes")
@@ -190,6 +204,7 @@ def render(*, title: str, metrics: dict[str, float], notes: dict[str, str], prov
     parts += _summary(sections, state)
     parts += _metric_groups(metrics, notes, provenance, sections)
     parts += _pictures(sections)
+    parts += _per_class(sections)
     parts += _modes_and_closest(sections)
     parts += _recipe(state)
     parts.append("<section id='provenance'><h2>Provenance</h2><pre>"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 LOSS_TAGS = ("Loss/D", "Loss/G")
 D_TAGS = ("D/real", "D/fake_before", "D/fake_after")
+D_LOGIT_TAGS = ("D/real_logit", "D/fake_before_logit", "D/fake_after_logit")  # train.loss = "hinge": D's raw score
 
 
 # ---------------------------------------------------------------- scalars of a run
@@ -63,11 +64,13 @@ def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def loss_curves_png(scalars: dict[str, tuple[list[int], list[float]]]) -> bytes:
-    """Losses and D's outputs of the run, a panel each (other scalars where it logged neither)."""
+    """Losses and D's outputs of the run (probabilities under bce, raw scores under hinge), a panel each (other
+    scalars where it logged neither)."""
     # One panel per scale: losses, D's outputs (probabilities). Counters, speeds and learning rates live on other
     # scales and stay in TensorBoard; the in-training metric has its own figure (eval_curve_png).
     groups = [("Losses", [t for t in LOSS_TAGS if t in scalars]),
-              ("D(x) and D(G(z))", [t for t in D_TAGS if t in scalars])]
+              ("D(x) and D(G(z))", [t for t in D_TAGS if t in scalars]),
+              ("D's score on x and G(z) (hinge)", [t for t in D_LOGIT_TAGS if t in scalars])]
     groups = [g for g in groups if g[1]] or [("Scalars", [t for t in scalars if not t.startswith("Eval/")][:6])]
     return _panels(groups, scalars)
 

@@ -102,6 +102,8 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         if warning:
             print(warning, file=sys.stderr)
         metrics = ev.metrics([b for b in plan.metrics if b != "modes"])
+        if ev.fake_labels is not None:  # a class-conditional G: scored and shown class by class too
+            metrics.update(_per_class_metrics(ev, plan))
         reference: dict[str, float] = {}
         for base in plan.metrics:
             if base != "modes":
@@ -111,6 +113,10 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
         if "modes" in plan.metrics:
             _modes(ev, oracle_dir, real_x, metrics, reference, sections)
         sections["grids"] = _grids(ev, ckpt_dir, real_x)
+        if ev.fake_labels is not None:
+            from flowergan_eval.commands import class_pairs
+
+            sections["classes"] = class_pairs(ev, real_x, ev.real_images[1])
         sections["latent"] = latent_pictures(ev)
         prov = ev.provenance(with_extractor=bool(ev.__dict__.get("_extractors")))
     metrics = S.drop_misleading(metrics, opts.n)
@@ -131,6 +137,19 @@ def run_report(ckpt: str, opts: Options, out: Path, oracle_dir: str | None = Non
             "plan": plan.describe(), "path": str(out), "extractor_of": dict(ev.extractor_of),
             "messages": [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)"]
             + [f"left out: {what}: {why}" for what, why in plan.left_out]}
+
+
+def _per_class_metrics(ev: Evaluation, plan: ReportPlan) -> dict[str, float]:
+    """intra-class FD and KID in the features of the plan's first distance (so they need nothing the plan does not
+    have); none when the plan has no feature metric."""
+    specs = [plan.features[b] for b in plan.metrics if plan.features.get(b, "oracle") != "oracle"]
+    if not specs:
+        return {}
+    saved, ev.opts.features = ev.opts.features, specs[0]
+    try:
+        return ev.metrics(["intra_fd", "intra_kid"])
+    finally:
+        ev.opts.features = saved
 
 
 def _diversity(ev: Evaluation, plan: ReportPlan, metrics: dict[str, float], reference: dict[str, float],

@@ -45,7 +45,18 @@ def generator_config(model: dict[str, Any], *, weights: str, source: dict[str, A
         "batchnorm": batchnorm_note(str(model.get("g_sample_bn", "eval"))),
         "files": {f: FILES[f] for f in formats},
         "source": source,
+        **_class_input(model),
     }
+
+
+def _class_input(model: dict[str, Any]) -> dict[str, Any]:
+    """A conditional G's second input, y, and its class names in label order (nothing for an unconditional G)."""
+    if model.get("conditional", "none") == "none":
+        return {}
+    names = [n.strip() for n in str(model.get("class_names", "")).split(",") if n.strip()]
+    return {"classes": names, "class_input": {"name": "y", "shape": ["batch"], "dtype": "int64",
+                                              "range": [0, int(model["num_classes"]) - 1],
+                                              "meaning": "the class of each image: an index into `classes`"}}
 
 
 def batchnorm_note(g_sample_bn: str) -> str:

@@ -46,6 +46,12 @@ def sample(
                                                          "devices).")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    klass: Annotated[str | None, typer.Option("--class", help="A conditional G's class: a name or an index; "
+                                                              "several comma-separated are taken in turn.")] = None,
+    per_class: Annotated[int | None, typer.Option("--per-class", min=1, help="K images of every class (or of each "
+                                                                             "--class), in class order; replaces "
+                                                                             "--n; a grid has one row per class, "
+                                                                             "named.")] = None,
 ) -> None:
     """Generate flowers: a grid PNG, individual PNG files, or one npz of uint8, streamed to disk in batches."""
     from flowergan.artifacts import open_generator
@@ -53,15 +59,33 @@ def sample(
     from flowergan.generation import iter_samples
 
     out = out or DEFAULT_OUT[fmt]
-    if fmt == "grid" and n > GRID_MAX:
+    conditional = klass is not None or per_class is not None
+    if fmt == "grid" and n > GRID_MAX and not conditional:
         raise UserError(f"--n {n}: a grid holds at most {GRID_MAX} images; use --format png or npz for more")
     check_free(out, force)
     dev = pick_device(device)
     G = open_generator(ckpt, ema=not raw, device=dev)
+    wanted: list[int] = []
+    rows: list[str] = []
+    if conditional:  # a conditional G: which class each image is (--per-class replaces --n)
+        from flowergan.cli.classes import sample_classes
+
+        n, wanted, rows = sample_classes(G, klass, per_class, n)
+        if fmt == "grid" and n > GRID_MAX:
+            raise UserError(f"{n} images: a grid holds at most {GRID_MAX}; use fewer --per-class, or --format png")
     tmp = temporary_beside(out, directory=fmt == "png")
     try:
-        batches = _with_progress(iter_samples(G, n, seed=seed, batch=batch, device=dev), n, progress)
-        WRITERS[fmt](batches, n, tmp)
+        if conditional:
+            from flowergan.cli.classes import class_samples
+
+            samples = class_samples(G, n, wanted, per_class, seed=seed, batch=batch, device=dev)
+        else:
+            samples = iter_samples(G, n, seed=seed, batch=batch, device=dev)
+        batches = _with_progress(samples, n, progress)
+        if fmt == "grid" and per_class is not None:
+            write_class_grid(batches, rows, per_class, tmp)
+        else:
+            WRITERS[fmt](batches, n, tmp)
         publish(tmp, out)
     except BaseException:
         remove(tmp)
@@ -91,6 +115,16 @@ def write_grid(batches: Batches, n: int, path: Path) -> None:
 
     images = torch.cat(list(batches))
     visuals.save_png(visuals.to_grid(images.float() / 127.5 - 1.0), path)
+
+
+def write_class_grid(batches: Batches, names: list[str], per_class: int, path: Path) -> None:
+    """`per_class` images of each class in one PNG, a row per class with its name at the left."""
+    import torch
+
+    from flowergan import visuals
+
+    images = torch.cat(list(batches))
+    visuals.save_png(visuals.class_rows(images.float() / 127.5 - 1.0, names, per_class), path)
 
 
 def write_pngs(batches: Batches, n: int, folder: Path) -> None:

@@ -88,12 +88,24 @@ def _train_torchrun(cfg: Config, resume: bool, evaluate: Evaluate | None) -> dic
 def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
     hidden = ("LR/", "Progress/", "Check/", "Ray/", "step", "epoch")  # the rest: losses, speed, eval scores
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                      if not k.startswith(hidden) and isinstance(v, (int, float)))
+                      if not k.startswith(hidden) and isinstance(v, (int, float)) and not _one_class(k))
     typer.echo(f"done: {shown}" if shown else "done")
     typer.echo(f"  checkpoints   {run_dir / 'checkpoints'}")
     typer.echo(f"  samples       {run_dir / 'samples'}  (progress GIF: {run_dir / 'progress.gif'})")
     typer.echo(f"  loss curves   {run_dir / 'losses.png'}")
     typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'} --samples_per_plugin images=0")
+
+
+def _one_class(key: str) -> bool:
+    """A per-class metric's value for one class (intra_fd1k/rose): TensorBoard and metrics.jsonl keep those; the
+    summary line shows the metric's mean and coverage only."""
+    import re
+
+    from flowergan.catalogue import METRICS
+
+    m = re.match(r"^([a-z_]+?)\d+k?(/.+)$", key)
+    facts = METRICS.get(m.group(1)) if m else None
+    return bool(m and facts and facts.per_class and m.group(2) not in facts.notes)
 
 
 @app.command("config")

@@ -107,12 +107,19 @@ def _yaml(value: Any, indent: int = 0) -> list[str]:
     return lines
 
 
+def _one_class(m: re.Match) -> bool:
+    """A per-class metric's value for one class (intra_fd1k/rose): listed with the metrics, left out of the Hub's
+    model-index, which takes the mean and the coverage."""
+    facts = METRICS[m.group(1)]
+    return facts.per_class and bool(m.group(4)) and m.group(4) not in facts.notes
+
+
 def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config, license: str = LICENSE) -> dict[str, Any]:
     """The model card's metadata as the Hub reads it, with flowergan's own keys under `flowergan`."""
     metrics = {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, (int, float))}
     dataset = _dataset(cfg)
     scores = [{"type": m.group(1), "name": k, "value": v} for k, v in metrics.items()
-              if (m := SCORE.match(k)) and m.group(4) != "/std"]
+              if (m := SCORE.match(k)) and m.group(4) != "/std" and not _one_class(m)]
     card: dict[str, Any] = {
         "license": license,
         "library_name": "flowergan",
@@ -130,6 +137,9 @@ def front_matter(meta: dict[str, Any], state: dict[str, Any], cfg: Config, licen
         card["flowergan"]["best_score"] = {"value": best, "metric": cfg.eval.metric, "n_generated": cfg.eval.n,
                                            "source": "best in-training score up to this checkpoint (lower is "
                                                      "better)"}
+    if meta.get("classes"):  # a class-conditional G: the classes it draws, in label order
+        card["tags"].append("class-conditional")
+        card["flowergan"]["classes"] = meta["classes"]
     if scores:
         card["model-index"] = [{"name": f"flowergan-dcgan-{meta['resolution']}", "results": [{
             "task": {"type": "unconditional-image-generation"},
@@ -175,6 +185,16 @@ def _data_text(dataset: dict[str, Any]) -> str:
     return " ".join(lines)
 
 
+def _classes_text(meta: dict[str, Any]) -> str:
+    """The card's section on a conditional G's classes ("" for an unconditional G)."""
+    names = meta.get("classes") or []
+    if not names:
+        return ""
+    return (f"## Classes\n\nClass-conditional ({meta['model'].get('conditional')}): G takes (z, y), y the class "
+            f"index in [batch] int64. Classes, in label order: {', '.join(names)}. "
+            f"`flowergan.generate(G, 16, classes=\"{names[0]}\")` or `flowergan sample --class {names[0]}`.\n\n")
+
+
 def model_card(meta: dict[str, Any], state: dict[str, Any], cfg: Config, license: str = LICENSE,
                samples: str | None = None) -> str:
     """README.md of an export folder: front matter, samples, training data and budget, quality, how to use it.
@@ -210,7 +230,7 @@ Licence: `{license}`.
 {budget['steps']} steps of G at batch {budget['batch_size']} ({budget['images_seen']} images seen{epochs}); the run
 was set to train for {budget['planned']}.
 
-## Quality
+{_classes_text(meta)}## Quality
 
 {_quality(info, cfg)}
 {use_section(meta)}

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flowergan.config import Config
-from flowergan.data.loader.protocol import BatchStream
+from flowergan.config import Config, with_classes
+from flowergan.data.loader.protocol import BatchStream, LabelledStream
 from flowergan.devices import normalize, pick_device
 from flowergan.errors import UserError
 from flowergan.generation import for_sampling, recompute_bn_stats
@@ -27,9 +27,11 @@ from flowergan.train import distributed as dist
 from flowergan.train.evaluation import Evaluate, improves, initial_best
 from flowergan.train.faults import maybe_inject_fault
 from flowergan.train.gan.compiling import compile_nets, cudnn_autotune, pick_memory_format
-from flowergan.train.gan.step import StepOutput, Targets, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
+from flowergan.train.gan.labels import FakeClasses
+from flowergan.train.gan.losses import Loss
+from flowergan.train.gan.step import StepOutput, ema_decay_at, ema_update, gan_step, lr_factor, r1_weight
 from flowergan.train.observe.logs import NullLogger
-from flowergan.train.observe.meters import LOGGED, Meters
+from flowergan.train.observe.meters import LOGGED, Meters, logged
 from flowergan.train.observe.samples import SampleWriter
 from flowergan.train.observe.trackers import open_run_logger
 from flowergan.train.schedule import Schedule
@@ -51,6 +53,7 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     asked_to_resume = resume and resume_from is None  # `--resume`, not a launcher's own restart (Ray Train's)
     if tc.batch_size % world:
         raise UserError(f"train.batch_size: {tc.batch_size} does not split evenly across {world} ranks")
+    cfg = _with_data_classes(cfg, stream)  # a conditional model's num_classes and class names, before anything saves
     if rank == 0:
         _prepare_run_dir(run_dir)
     ckpts = CheckpointManager(run_dir / "checkpoints", keep=tc.keep_checkpoints, meta={"config": cfg.to_dict()},
@@ -77,15 +80,16 @@ def train(cfg: Config, *, resume: bool = False, resume_from: Path | None = None,
     D_train = dist.wrap(state.D, device, cfg.cluster.sync_batchnorm, broadcast_buffers=False)
     D_r1 = D_train  # R1's double backward runs through D uncompiled (see gan_step)
     G_train, D_train = compile_nets(G_train, D_train, tc, device)
-    one_step = _Step(cfg, state, G_train, D_train, D_r1, memory_format, steps)
+    fake_classes = FakeClasses(stream.class_counts, tc.fake_classes, device) \
+        if cfg.model.conditional != "none" and isinstance(stream, LabelledStream) else None
+    one_step = _Step(cfg, state, G_train, D_train, D_r1, memory_format, steps, fake_classes)
 
     log = open_run_logger(cfg, run_dir, start_step=state.step) if rank == 0 else NullLogger()
     if rank == 0:
         (run_dir / "config.toml").write_text(cfg.to_toml())
-    z_fixed = torch.randn(cfg.log.n_samples, cfg.model.nz, generator=torch.Generator().manual_seed(tc.seed))
-    samples = SampleWriter(run_dir, log, z_fixed.to(device), cfg.model.g_sample_bn, enabled=rank == 0)
+    samples = SampleWriter.fixed(run_dir, log, cfg.model, cfg.log.n_samples, tc.seed, device, enabled=rank == 0)
     ckpts.attach(state, stream.num_samples)
-    meters = Meters(device, state.images_seen)
+    meters = Meters(device, state.images_seen, logged(tc.loss))
     progress = TrainProgress(steps, state.step, enabled=cfg.log.progress and rank == 0)
     batches = iter(stream.iter_from(state.step * tc.d_steps))
     metrics: dict[str, float] = {}
@@ -145,12 +149,13 @@ class _Step:
     D_r1: nn.Module  # D for the R1 pass: DDP-wrapped like D, never compiled
     memory_format: torch.memory_format
     total: int  # the run's last step, where `optim.lr_decay_steps` ends
+    fake_classes: FakeClasses | None = None  # a conditional model's fake labels; None: unconditional
 
     def __post_init__(self) -> None:
         from flowergan.train.gan.augment import make_augment
 
         tc = self.cfg.train
-        self.targets = Targets.of(tc)
+        self.loss = Loss.of(tc)
         self.augment: Callable[[torch.Tensor], torch.Tensor] | None = \
             make_augment(tc.diffaugment) if tc.diffaugment else None
 
@@ -162,13 +167,19 @@ class _Step:
                 for group in opt.param_groups:
                     group["lr"] = lr * f
         reals, zs = [], []
+        real_ys: list[torch.Tensor] | None = [] if self.fake_classes is not None else None
+        fake_ys: list[torch.Tensor] | None = [] if self.fake_classes is not None else None
         for _ in range(tc.d_steps):
-            x, _labels = next(batches)
+            x, labels = next(batches)
             reals.append(x.to(device, non_blocking=True, memory_format=self.memory_format))
             zs.append(torch.randn(x.shape[0], self.cfg.model.nz, device=device))
+            if self.fake_classes is not None and real_ys is not None and fake_ys is not None:
+                real_ys.append(labels.to(device, non_blocking=True))
+                fake_ys.append(self.fake_classes.draw(x.shape[0]))  # after z: the same stream, a fixed order
         with cudnn_autotune(device):
-            out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.targets, self.augment,
-                           r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every), D_r1=self.D_r1)
+            out = gan_step(self.G, self.D, s.opt_g, s.opt_d, reals, zs, s.precision, self.loss, self.augment,
+                           r1=r1_weight(s.step, tc.r1_gamma, tc.r1_every), D_r1=self.D_r1, real_ys=real_ys,
+                           fake_ys=fake_ys)
         if s.G_ema is not None:
             # Warm-up: early on G_ema follows G closely, so short runs do not show mostly the random init.
             ema_update(s.G_ema, s.G, ema_decay_at(s.step, tc.ema_decay, tc.ema_warmup))
@@ -195,6 +206,23 @@ def _evaluate(evaluate: Evaluate | None, state: TrainState, metrics: dict[str, f
         return False
     state.best = scores[evaluate.best_key]
     return True
+
+
+def _with_data_classes(cfg: Config, stream: BatchStream | None) -> Config:
+    """A conditional model's config with num_classes and class names from the data (the given stream's, else the
+    manifest of data.path); an unconditional one unchanged."""
+    if cfg.model.conditional == "none":
+        return cfg
+    if stream is None:
+        from flowergan.data import read_manifest
+
+        classes = list(read_manifest(cfg.data.path).get("classes", []))
+    elif isinstance(stream, LabelledStream):
+        classes = list(stream.classes)
+    else:
+        raise UserError(f"model.conditional = {cfg.model.conditional!r} needs a data stream with class names; this "
+                        "one has none")
+    return with_classes(cfg, classes, f"data.path {cfg.data.path}")
 
 
 def _prepare_run_dir(run_dir: Path) -> None:

@@ -27,3 +27,18 @@ class BatchStream(Protocol):
     def iter_from(self, batch_index: int) -> Iterator[Batch]:
         """The stream from global batch `batch_index` on: the same batches a fresh iteration would reach there."""
         ...
+
+
+@runtime_checkable
+class LabelledStream(BatchStream, Protocol):
+    """A stream whose labels have names: what a class-conditional model trains on (`model.conditional`)."""
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label order."""
+        ...
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Images per class in label order (the data's class frequencies)."""
+        ...

@@ -31,8 +31,8 @@ class Stream:
     """Endless batches `(x float32 [B,3,R,R] in [-1,1] on device, labels int64 [B])` for one rank.
 
     `num_samples` (images in the data set), `batches_per_epoch` (= num_samples // (B * world), at least 1),
-    `num_classes`, `classes`, `manifest`, `plan`, `cache` (the one in use, "auto" resolved). `iter(stream)` starts
-    at batch 0; `stream.iter_from(k)` at batch k.
+    `num_classes`, `classes`, `class_counts` (images per class), `manifest`, `plan`, `cache` (the one in use, "auto"
+    resolved). `iter(stream)` starts at batch 0; `stream.iter_from(k)` at batch k.
     """
 
     def __init__(self, plan: Plan, manifest: dict[str, Any], batches: Callable[[int], Iterator[Batch]],
@@ -43,6 +43,9 @@ class Stream:
         self.batches_per_epoch = plan.batches_per_epoch
         self.num_classes = int(manifest["num_classes"])
         self.classes = list(manifest.get("classes", []))
+        # Images per class in label order: the frequencies a conditional G's fake classes follow (train.fake_classes).
+        counted = manifest.get("counts", {}).get("class", {})
+        self.class_counts = [int(counted.get(c, 0)) for c in self.classes] if counted else [1] * len(self.classes)
 
     def __repr__(self) -> str:
         return (f"Stream({self.num_samples} images, {self.num_classes} classes, {self.manifest['resolution']}px, "

@@ -1,4 +1,5 @@
-"""One GAN iteration as a plain function: D then G, logits losses with label smoothing, optional AMP.
+"""One GAN iteration as a plain function: D then G, logits losses (`losses.py`: bce with label smoothing, or
+hinge), optional AMP, optional class labels for a conditional G and D.
 
 It runs the same on the CPU, one GPU, or DDP-wrapped G and D. It returns detached tensors and never
 calls `.item()`: the loop syncs with the device only at its log intervals.
@@ -11,44 +12,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from flowergan.config import TrainConfig
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Label smoothing: D sees real 0.9, fake 0.1; G aims for 1.0 (the non-saturating loss)."""
-
-    real: float = 0.9
-    fake: float = 0.1
-    g: float = 1.0
-
-    @classmethod
-    def of(cls, tc: TrainConfig) -> Targets:
-        """The loss settings of the [train] section (a new loss option is a field here and one in config.py)."""
-        return cls(tc.real_label, tc.fake_label, tc.g_target)
+from flowergan.train.gan.losses import Loss, Targets
+from flowergan.train.gan.losses import d_loss as d_loss  # bce's, re-exported: callers of the step module use them
+from flowergan.train.gan.losses import g_loss as g_loss
 
 
 @dataclass
 class StepOutput:
     loss_d: torch.Tensor
     loss_g: torch.Tensor
-    d_real: torch.Tensor  # mean sigmoid(D(x))
-    d_fake_before: torch.Tensor  # mean sigmoid(D(G(z))) before D's update
+    d_real: torch.Tensor  # the loss's statistic of D(x): mean sigmoid(D(x)) under bce, the mean logit under hinge
+    d_fake_before: torch.Tensor  # ... of D(G(z)) before D's update
     d_fake_after: torch.Tensor  # ... after D's update (as the PyTorch DCGAN tutorial reports them)
-
-
-def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """BCE on logits of real (target `targets.real`) plus fake (target `targets.fake`)."""
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, targets.real))
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.fake)))
-
-
-def g_loss(fake_logits: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """Non-saturating G loss: BCE of D(G(z)) against `targets.g` (1.0 by default)."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, targets.g))
 
 
 def r1_penalty(real_logits: torch.Tensor, d_input: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,6 +111,11 @@ class Precision:
         self.scaler.step(opt)
 
 
+def _run(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """net(x), or net(x, y) with class labels: the unconditional nets are called exactly as before."""
+    return net(x) if y is None else net(x, y)
+
+
 def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
     # D is frozen during G's update, so DDP must not wait for D's gradients there.
     no_sync = getattr(module, "no_sync", None)  # DDP's, also reached through a torch.compile wrapper
@@ -142,31 +124,40 @@ def _no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              reals: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], precision: Precision,
-             targets: Targets = Targets(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             r1: float = 0.0, D_r1: nn.Module | None = None) -> StepOutput:
+             loss: Loss | Targets = Loss(), augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             r1: float = 0.0, D_r1: nn.Module | None = None, real_ys: Sequence[torch.Tensor] | None = None,
+             fake_ys: Sequence[torch.Tensor] | None = None) -> StepOutput:
     """len(reals) D updates (the D:G ratio), then one G update that reuses the last D update's fake batch.
 
+    `loss` is a `losses.Loss` (bce or hinge); a bare `Targets` means bce with those targets. A conditional G and D
+    take class labels: `real_ys[i]` are the labels of `reals[i]`, `fake_ys[i]` the classes G is asked for with
+    `zs[i]` (both None for the unconditional DCGAN, whose calls stay G(z) and D(x)).
     r1 > 0 adds r1 * E|grad_x D(x)|^2 on the reals to D's loss (see `r1_weight` for gamma/2 and laziness); on
     those steps D's pass over the reals runs through `D_r1`, the same D uncompiled (DDP-wrapped where D is), when
     D is torch.compile'd: AOTAutograd, which inductor builds on, has no double backward.
     """
+    if isinstance(loss, Targets):
+        loss = Loss("bce", loss)
+    if (real_ys is None) != (fake_ys is None):
+        raise ValueError("a conditional step needs both real_ys and fake_ys (an unconditional one neither)")
     aug = augment or (lambda x: x)
     for i, (real, z) in enumerate(zip(reals, zs)):
         last = i == len(reals) - 1
+        y_real, y_fake = (real_ys[i], fake_ys[i]) if real_ys is not None and fake_ys is not None else (None, None)
         # Update D. Only the last fake batch keeps G's graph: G's update reuses it (one G forward per step).
         opt_d.zero_grad(set_to_none=True)
         with precision.autocast():
             with contextlib.nullcontext() if last else torch.no_grad():
-                fake = G(z)
+                fake = _run(G, z, y_fake)
             d_real_in = aug(real)
             if r1 > 0:  # a Python float: choosing the branch needs no device sync
                 d_real_in = d_real_in.detach().requires_grad_(True)
             d_fake_in = aug(fake.detach())
             # The fakes first: a compiled D updates its BatchNorm buffers with in-place copies that autograd counts,
             # and the eager R1 pass over the reals saves those buffers for its backward, so nothing may follow it.
-            fake_logits = D(d_fake_in)
-            real_logits = (D_r1 if r1 > 0 and D_r1 is not None else D)(d_real_in)
-            loss_d = d_loss(real_logits.float(), fake_logits.float(), targets)
+            fake_logits = _run(D, d_fake_in, y_fake)
+            real_logits = _run(D_r1 if r1 > 0 and D_r1 is not None else D, d_real_in, y_real)
+            loss_d = loss.d(real_logits.float(), fake_logits.float())
             if r1 > 0:
                 loss_d = loss_d + r1 * r1_penalty(real_logits.float(), d_real_in, precision.loss_scale(real_logits))
         precision.backward_step(loss_d, opt_d)
@@ -180,8 +171,8 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     D.requires_grad_(False)
     try:
         with _no_sync(D), precision.autocast():
-            after_logits = D(aug(fake))
-            loss_g = g_loss(after_logits.float(), targets)
+            after_logits = _run(D, aug(fake), y_fake)
+            loss_g = loss.g(after_logits.float())
         precision.backward_step(loss_g, opt_g)
     finally:
         D.requires_grad_(True)
@@ -191,9 +182,9 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
         return StepOutput(
             loss_d=loss_d.detach(),
             loss_g=loss_g.detach(),
-            d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-            d_fake_before=torch.sigmoid(fake_logits.detach().float()).mean(),
-            d_fake_after=torch.sigmoid(after_logits.detach().float()).mean(),
+            d_real=loss.statistic(real_logits),
+            d_fake_before=loss.statistic(fake_logits),
+            d_fake_after=loss.statistic(after_logits),
         )
 
 
