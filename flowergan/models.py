@@ -48,6 +48,7 @@ class Blur(nn.Module):
         tap = torch.tensor([1.0, 2.0, 1.0])
         kernel = (tap[:, None] * tap[None, :]) / 16
         # Not persistent: a constant, so checkpoints and exports carry no extra tensor for it.
+        self.kernel: torch.Tensor
         self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
         self.channels = channels
 
