@@ -124,7 +124,7 @@ def test_report_of_a_conditional_g_has_a_row_per_class_and_the_intra_class_score
     code, text = _eval(capsys, app, "report", "--ckpt", str(env["run"]), "--data", env["data"], "--n", "96",
                        "--inception-weights", env["weights"], "--out", str(out), "--json", "--no-progress")
     assert code == 0, text[-2000:]
-    metrics = json.loads(text[text.index("{"):])["metrics"]
+    metrics = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]["metrics"]  # stderr's lines follow stdout
     assert math.isfinite(metrics["intra_fd96/mean"]) and math.isfinite(metrics["intra_kid96/mean"])
     page = out.read_text()
     assert "Per class: samples asked for as the class" in page
