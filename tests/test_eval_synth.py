@@ -55,12 +55,13 @@ def test_registry_says_direction_extractor_and_best_key(base, lower, features, k
 
 def test_config_accepts_every_registry_entry_and_names_them_when_wrong():
     assert set(EVAL_METRICS) == set(M.REGISTRY)  # config.py cannot import the eval package: keep the lists equal
-    for base in M.REGISTRY:
-        assert load_config(None, [f"eval.metric={base}"]).eval.metric == base
+    for base, entry in M.REGISTRY.items():  # a per-class metric needs a conditional model (test_conditional)
+        sets = [f"eval.metric={base}"] + (["model.conditional=projection"] if entry.facts.per_class else [])
+        assert load_config(None, sets).eval.metric == base
     with pytest.raises(ConfigError) as e:
         load_config(None, ["eval.metric=lpips"])
     assert str(e.value).endswith("eval.metric: 'lpips' is not allowed; choose one of: "
-                            "fid, kid, is, prdc, synth_fd, effnet_fd, modes, modes_kl")
+                            + ", ".join(M.REGISTRY))
 
 
 def test_mode_metrics_are_pure_functions_of_predicted_modes():

@@ -24,7 +24,8 @@ def _bench():
 
 def test_conditional_recipe_names_set_the_model_and_the_loss(tmp_path: Path) -> None:
     bench = _bench()
-    args = type("A", (), {"steps": 2, "every": 0, "batch": 8, "seed": 0, "ngf": 4, "set": [], "tutorial_set": []})()
+    args = type("A", (), {"steps": 2, "every": 0, "batch": 8, "seed": 0, "ngf": 4, "set": [], "tutorial_set": [],
+                                "device": "cpu"})()
     cfg = bench.recipe_config("projection-hinge", args, "data", tmp_path)
     assert (cfg.model.conditional, cfg.train.loss, cfg.train.r1_gamma) == ("projection", "hinge", 1.0)
     plain = bench.recipe_config("uncond-bce", args, "data", tmp_path)
