@@ -34,7 +34,10 @@ PY = [sys.executable, "-m", "flowergan_eval.cli"]
 def demo_next(venv: Path | None = None) -> list[str]:
     """The lines `make demo` closes with (its demo-next target, run by the real make)."""
     args = ["make", "--no-print-directory", "-s", "demo-next"] + ([f"VENV={venv}"] if venv else [])
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    # As a newcomer's shell runs it: CI's `make test VENV=…` reaches this make through the environment and MAKEFLAGS.
+    env = {k: v for k, v in os.environ.items() if k not in ("VENV", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+                          timeout=60).stdout.splitlines()
 
 
 def hinted_commands(lines: list[str]) -> list[list[str]]:
