@@ -90,6 +90,18 @@ def test_closing_lines_give_commands_that_work_as_printed():
     assert "demo-next" in demo_recipe.splitlines()[-1]
 
 
+def test_train_summary_names_tensorboard_as_a_shell_without_the_venv_runs_it(tmp_path, monkeypatch, capsys):
+    """`flowergan train`'s closing lines (the middle of `make demo`'s output) name TensorBoard runnable as printed."""
+    from flowergan.cli.train import _summary
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # make demo leaves the venv off PATH
+    monkeypatch.chdir(ROOT)
+    _summary(tmp_path / "run", {})
+    line = next(x for x in capsys.readouterr().out.splitlines() if "TensorBoard" in x)
+    exe = Path(shlex.split(line)[1])
+    assert (ROOT / exe).is_file() and os.access(ROOT / exe, os.X_OK), f"{line!r} does not run as printed"
+
+
 def test_readme_first_screen_is_make_demo_then_the_commands_it_prints():
     """From clone to report in commands that work as printed: the README's first block is `make demo` and exactly
     the commands the demo prints (which the tests here run)."""

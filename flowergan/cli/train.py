@@ -93,7 +93,22 @@ def _summary(run_dir: Path, metrics: dict[str, float]) -> None:
     typer.echo(f"  checkpoints   {run_dir / 'checkpoints'}")
     typer.echo(f"  samples       {run_dir / 'samples'}  (progress GIF: {run_dir / 'progress.gif'})")
     typer.echo(f"  loss curves   {run_dir / 'losses.png'}")
-    typer.echo(f"  TensorBoard   tensorboard --logdir {run_dir / 'tb'} --samples_per_plugin images=0")
+    typer.echo(f"  TensorBoard   {reachable('tensorboard')} --logdir {run_dir / 'tb'} --samples_per_plugin images=0")
+
+
+def reachable(command: str) -> str:
+    """`command` as a shell here runs it: bare when it is on PATH, else its path beside this Python (the venv's bin,
+    which `make demo` does not put on PATH), relative to the working folder when inside it."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / command
+    if shutil.which(command) or not beside.is_file():
+        return command
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def _one_class(key: str) -> bool:
