@@ -72,10 +72,12 @@ def test_mode_stats_is_pure_and_counts_correctly():
 def test_modes_cli_on_a_collapsed_generator(trained, tmp_path_factory, monkeypatch):
     monkeypatch.setenv(W.ENV_CACHE, str(tmp_path_factory.mktemp("modes-cache")))
     run = testing.checkpoint(tmp_path_factory.getbasetemp() / "run-cli")  # untrained: one grey picture
+    # Away from the clone: after `make demo` its data/synth64 is the run's recorded data, which eval falls back to.
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     result = CliRunner().invoke(app, ["modes", "--ckpt", str(run), "--oracle", str(trained["out"]), "--n", "96",
                                       "--json", "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     assert r["metrics"]["modes96/of"] == 48
     assert r["metrics"]["modes96/covered"] <= 2
     assert r["metrics"]["modes96/kl_uniform"] > 2.5  # log 48 = 3.87 for a single mode
