@@ -17,15 +17,19 @@ def tiny_run(run_dir: Path, *overrides: str, steps: int = 10) -> Path:
     return run_dir
 
 
-def run_main(capsys, *args: object) -> tuple[int, str, str]:
-    """`flowergan ARGS` in this process through the console script's entry point (its error handling included):
-    (exit code, stdout, stderr). Seconds faster than a subprocess, which imports torch again."""
+def run_main(capsys, *args: object, prog: str = "flowergan") -> tuple[int, str, str]:
+    """`flowergan ARGS` (or `flowergan-eval ARGS` with prog="flowergan-eval") in this process through the console
+    script's entry point (its error handling included): (exit code, stdout, stderr). Seconds faster than a
+    subprocess, which imports torch again."""
     import sys
 
-    from flowergan.cli import main
+    if prog == "flowergan-eval":
+        from flowergan_eval.cli import main
+    else:
+        from flowergan.cli import main
 
     argv = sys.argv
-    sys.argv = ["flowergan", *map(str, args)]
+    sys.argv = [prog, *map(str, args)]
     capsys.readouterr()
     try:
         main()

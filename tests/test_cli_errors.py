@@ -3,7 +3,6 @@ form `error: --opt VALUE: what is wrong`, exit code 2, and nothing left behind."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,7 @@ from flowergan_eval.testing import checkpoint
 
 def eval_main(capsys, *args: object) -> tuple[int, str, str]:
     """`flowergan-eval ARGS` in this process (its console entry point, error handling included)."""
-    from flowergan_eval.cli import main
-
-    argv = sys.argv
-    sys.argv = ["flowergan-eval", *map(str, args)]
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(capsys, *args, prog="flowergan-eval")
 
 
 def one_line_error(code: int, err: str, starts: str) -> str:

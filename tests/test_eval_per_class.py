@@ -133,21 +133,9 @@ def test_report_of_a_conditional_g_has_a_row_per_class_and_the_intra_class_score
 
 def _eval(capsys, app, *args: str) -> tuple[int, str]:
     """`flowergan-eval ARGS` in this process: (exit code, stdout + stderr)."""
-    import sys
+    from _tiny_run import run_main
 
-    from flowergan_eval.cli import main
-
-    argv = sys.argv
-    sys.argv = ["flowergan-eval", *args]
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
+    code, out, err = run_main(capsys, *args, prog="flowergan-eval")
     return code, out + err
 
 
