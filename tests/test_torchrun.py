@@ -79,21 +79,7 @@ def test_sigkilled_job_resumes_bit_identical_on_every_rank(shards: Path, tmp_pat
 
     # The same job, stopped dead at step 6 (checkpoint 4 written): rank 0 hangs, then every process of the job,
     # torchrun and both ranks, is SIGKILLed. Then the same command with --resume.
-    job = subprocess.Popen(_cmd(split, shards, "train.steps=8"), env=_env(
-        FLOWERGAN_FAULT_STEP="6", FLOWERGAN_FAULT_ACTION="hang", FLOWERGAN_FAULT_ONCE=str(marker)), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while not marker.exists():
-            assert job.poll() is None and time.time() < deadline, "the job ended before the fault hook fired"
-            time.sleep(0.2)
-    finally:
-        for pid in [job.pid, *descendants(job.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        job.wait()
+    _kill_at(6, _cmd(split, shards, "train.steps=8"), marker)
     assert [p.name for p in ckpt_io.list_checkpoints(split / "checkpoints")] == ["step-00000004"]
     r = _run(_cmd(split, shards, "train.steps=8", entry=("-m", "flowergan")) + ["--resume"],
              FLOWERGAN_FAULT_ONCE=str(marker))
