@@ -71,7 +71,7 @@ class ModelConfig:
                          "no checkerboard from uneven kernel overlap); resize-conv-last = deconv inside, resize-conv "
                          "for the RGB layer only; deconv-blur = deconv then a fixed [1,2,1] low-pass (StyleGAN2), "
                          "which cannot pass a period-2 lattice",
-                         choices=("deconv", "resize-conv", "resize-conv-last", "deconv-blur"))
+                         choices=("deconv", "resize-conv", "resize-conv-last", "deconv-blur", "deconv-blur-rc-last"))
     conditional: str = _f("none", "class conditioning: none = Radford's unconditional DCGAN; concat = cDCGAN, a "
                           "learned class embedding appended to z and the label as extra input channels of D; "
                           "projection = conditional BatchNorm in G (a gain and bias per class) and a projection D "

@@ -35,7 +35,7 @@ def _n_blocks(resolution: int) -> int:
     return n
 
 
-UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last", "deconv-blur")
+UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last", "deconv-blur", "deconv-blur-rc-last")
 
 
 class Blur(nn.Module):
@@ -146,11 +146,11 @@ class Generator(nn.Module):
             nn.ReLU(True),
         ]
         for c_in, c_out in zip(ch[:-1], ch[1:]):
-            inner = "deconv" if upsample == "resize-conv-last" else upsample
+            inner = {"resize-conv-last": "deconv", "deconv-blur-rc-last": "deconv-blur"}.get(upsample, upsample)
             layers += [_up(c_in, c_out, kernel, inner), bn(c_out), nn.ReLU(True)]
         # resize-conv-last: Radford's deconvs inside, resize-conv only for the RGB layer, whose uneven overlap is the
         # one that lands on output pixels as a period-2 checkerboard.
-        last = "resize-conv" if upsample == "resize-conv-last" else upsample
+        last = "resize-conv" if upsample.endswith("-last") else upsample
         layers += [_up(ch[-1], nc, kernel, last), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
