@@ -24,6 +24,7 @@ OPTIONS = [
     {"g_upsample": "resize-conv", "kernel": 5},
     {"g_upsample": "resize-conv-last"},
     {"g_upsample": "deconv-blur"},
+    {"g_upsample": "deconv-blur-rc-last"},
     {"kernel": 5, "d_dropout": 0.1, "d_input_dropout": 0.5, "d_head": "dense", "spectral_norm": True},
 ]
 
@@ -270,6 +271,9 @@ def test_g_upsample_builds_the_layers_it_names() -> None:
     blurred, _ = build_models(_cfg(64, g_upsample="deconv-blur"))
     assert sum(isinstance(m, Blur) for m in blurred.modules()) == 4  # after each doubling, the RGB layer's too
     assert not any("kernel" in k for k in blurred.state_dict())  # a constant: checkpoints carry no extra tensor
+    sharp_rgb, _ = build_models(_cfg(64, g_upsample="deconv-blur-rc-last"))
+    assert sum(isinstance(m, Blur) for m in sharp_rgb.modules()) == 3  # the three inner doublings only
+    assert isinstance(sharp_rgb.main[-2][0], nn.Upsample)  # the RGB layer resizes, unblurred
 
 
 def test_blur_removes_a_period_2_lattice_and_keeps_a_flat_image() -> None:
