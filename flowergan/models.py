@@ -148,8 +148,8 @@ class Generator(nn.Module):
         for c_in, c_out in zip(ch[:-1], ch[1:]):
             inner = {"resize-conv-last": "deconv", "deconv-blur-rc-last": "deconv-blur"}.get(upsample, upsample)
             layers += [_up(c_in, c_out, kernel, inner), bn(c_out), nn.ReLU(True)]
-        # resize-conv-last: Radford's deconvs inside, resize-conv only for the RGB layer, whose uneven overlap is the
-        # one that lands on output pixels as a period-2 checkerboard.
+        # *-last: resize-conv for the RGB layer, whose uneven overlap is the one that lands on output pixels as a
+        # period-2 checkerboard (inside: Radford's deconvs, or blurred ones, so the output itself is not low-passed).
         last = "resize-conv" if upsample.endswith("-last") else upsample
         layers += [_up(ch[-1], nc, kernel, last), nn.Tanh()]
         self.main = nn.Sequential(*layers)
