@@ -36,6 +36,10 @@ def _n_blocks(resolution: int) -> int:
 
 
 UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last", "deconv-blur", "deconv-blur-rc-last")
+# The *-last modes: (the inner doublings, the RGB layer). Resize-conv for the RGB layer, whose uneven overlap is the
+# one that lands on output pixels as a period-2 checkerboard; inside, Radford's deconvs or blurred ones (so the
+# output itself is not low-passed). Every other mode uses one layer kind throughout.
+SPLIT_UPSAMPLE = {"resize-conv-last": ("deconv", "resize-conv"), "deconv-blur-rc-last": ("deconv-blur", "resize-conv")}
 
 
 class Blur(nn.Module):
@@ -145,12 +149,9 @@ class Generator(nn.Module):
             bn(ch[0]),
             nn.ReLU(True),
         ]
+        inner, last = SPLIT_UPSAMPLE.get(upsample, (upsample, upsample))
         for c_in, c_out in zip(ch[:-1], ch[1:]):
-            inner = {"resize-conv-last": "deconv", "deconv-blur-rc-last": "deconv-blur"}.get(upsample, upsample)
             layers += [_up(c_in, c_out, kernel, inner), bn(c_out), nn.ReLU(True)]
-        # *-last: resize-conv for the RGB layer, whose uneven overlap is the one that lands on output pixels as a
-        # period-2 checkerboard (inside: Radford's deconvs, or blurred ones, so the output itself is not low-passed).
-        last = "resize-conv" if upsample.endswith("-last") else upsample
         layers += [_up(ch[-1], nc, kernel, last), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
