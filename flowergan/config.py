@@ -68,11 +68,13 @@ class ModelConfig:
                       lo=0, hi=64)
     g_upsample: str = _f("deconv", "G's 2x upsampling: deconv = Radford's stride-2 transposed convolution; "
                          "resize-conv = nearest-neighbour 2x then a stride-1 convolution (Odena et al. 2016: "
-                         "no checkerboard from uneven kernel overlap); resize-conv-last = deconv inside, resize-conv "
-                         "for the RGB layer only; deconv-blur = deconv then a fixed [1,2,1] low-pass (StyleGAN2), "
-                         "which cannot pass a period-2 lattice; deconv-blur-rc-last = deconv-blur inside, "
-                         "resize-conv for the RGB layer (G can still draw sharp edges at the output)",
-                         choices=("deconv", "resize-conv", "resize-conv-last", "deconv-blur", "deconv-blur-rc-last"))
+                         "no checkerboard from uneven kernel overlap); resize-conv-bilinear = the same with a "
+                         "bilinear resize; resize-conv-last = deconv inside, resize-conv for the RGB layer only; "
+                         "deconv-blur = deconv then a fixed [1,2,1] low-pass (StyleGAN2), which cannot pass a "
+                         "period-2 lattice; deconv-blur-rc-last = deconv-blur inside, resize-conv for the RGB layer "
+                         "(G can still draw sharp edges at the output)",
+                         choices=("deconv", "resize-conv", "resize-conv-bilinear", "resize-conv-last", "deconv-blur",
+                                  "deconv-blur-rc-last"))
     conditional: str = _f("none", "class conditioning: none = Radford's unconditional DCGAN; concat = cDCGAN, a "
                           "learned class embedding appended to z and the label as extra input channels of D; "
                           "projection = conditional BatchNorm in G (a gain and bias per class) and a projection D "

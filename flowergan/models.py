@@ -35,7 +35,7 @@ def _n_blocks(resolution: int) -> int:
     return n
 
 
-UPSAMPLE = ("deconv", "resize-conv", "resize-conv-last", "deconv-blur", "deconv-blur-rc-last")
+UPSAMPLE = ("deconv", "resize-conv", "resize-conv-bilinear", "resize-conv-last", "deconv-blur", "deconv-blur-rc-last")
 # The *-last modes: (the inner doublings, the RGB layer). Resize-conv for the RGB layer, whose uneven overlap is the
 # one that lands on output pixels as a period-2 checkerboard; inside, Radford's deconvs or blurred ones (so the
 # output itself is not low-passed). Every other mode uses one layer kind throughout.
@@ -107,10 +107,13 @@ def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
     resize-conv (Odena et al. 2016): a stride-2 transposed kernel of size 4 or 5 covers output pixels unevenly
     (alternately 1 and 2 or 2 and 3 taps per axis), which draws a checkerboard; nearest 2x then an odd,
     stride-1 kernel (3 for kernel 4, 5 for 5) covers every pixel alike. deconv-blur: Radford's deconv, then a
-    fixed low-pass that removes what it draws at period 2 (StyleGAN2's upsampling)."""
-    if mode == "resize-conv":
+    fixed low-pass that removes what it draws at period 2 (StyleGAN2's upsampling). resize-conv-bilinear: the
+    resize interpolates (Odena et al.'s other choice), so the convolution starts from smooth ramps, not from the
+    2x2 blocks a nearest resize leaves that early samples show."""
+    if mode in ("resize-conv", "resize-conv-bilinear"):
         k = kernel - 1 if kernel % 2 == 0 else kernel
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+        resize = "bilinear" if mode == "resize-conv-bilinear" else "nearest"
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode=resize),
                              nn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False))
     if mode not in ("deconv", "deconv-blur"):
         raise ValueError(f"upsample must be one of {UPSAMPLE}, got {mode!r}")

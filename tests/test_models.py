@@ -22,6 +22,7 @@ OPTIONS = [
     {"d_mbstd": 4},
     {"g_upsample": "resize-conv"},
     {"g_upsample": "resize-conv", "kernel": 5},
+    {"g_upsample": "resize-conv-bilinear"},
     {"g_upsample": "resize-conv-last"},
     {"g_upsample": "deconv-blur"},
     {"g_upsample": "deconv-blur-rc-last"},
@@ -271,9 +272,22 @@ def test_g_upsample_builds_the_layers_it_names() -> None:
     blurred, _ = build_models(_cfg(64, g_upsample="deconv-blur"))
     assert sum(isinstance(m, Blur) for m in blurred.modules()) == 4  # after each doubling, the RGB layer's too
     assert not any("kernel" in k for k in blurred.state_dict())  # a constant: checkpoints carry no extra tensor
+    smooth, _ = build_models(_cfg(64, g_upsample="resize-conv-bilinear"))
+    assert [m.mode for m in smooth.modules() if isinstance(m, nn.Upsample)] == ["bilinear"] * 4
+    assert [m.mode for m in G.modules() if isinstance(m, nn.Upsample)] == ["nearest"] * 4
     sharp_rgb, _ = build_models(_cfg(64, g_upsample="deconv-blur-rc-last"))
     assert sum(isinstance(m, Blur) for m in sharp_rgb.modules()) == 3  # the three inner doublings only
     assert isinstance(sharp_rgb.main[-2][0], nn.Upsample)  # the RGB layer resizes, unblurred
+
+
+def test_bilinear_resize_spreads_a_pixel_where_nearest_copies_it() -> None:
+    """The point of resize-conv-bilinear: one bright pixel comes out as a ramp, not as a flat 2x2 block."""
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 1] = 1.0
+    block = _up(1, 1, 4, "resize-conv")[0](x)[0, 0]
+    ramp = _up(1, 1, 4, "resize-conv-bilinear")[0](x)[0, 0]
+    assert torch.equal(block[2:4, 2:4], torch.ones(2, 2)) and block.sum() == 4
+    assert ramp.max() < 1 and (ramp > 0).sum() == 16 and torch.isclose(ramp.sum(), torch.tensor(4.0))
 
 
 def test_blur_removes_a_period_2_lattice_and_keeps_a_flat_image() -> None:
