@@ -39,6 +39,7 @@ UPSAMPLE = ("deconv", "resize-conv", "resize-conv-bilinear", "resize-conv-last",
 # The *-last modes: (the inner doublings, the RGB layer). Resize-conv for the RGB layer, whose uneven overlap is the
 # one that lands on output pixels as a period-2 checkerboard; inside, Radford's deconvs or blurred ones (so the
 # output itself is not low-passed). Every other mode uses one layer kind throughout.
+RESIZE = {"resize-conv": "nearest", "resize-conv-bilinear": "bilinear"}  # the resize-conv modes and their resize
 SPLIT_UPSAMPLE = {"resize-conv-last": ("deconv", "resize-conv"), "deconv-blur-rc-last": ("deconv-blur", "resize-conv")}
 
 
@@ -110,9 +111,9 @@ def _up(c_in: int, c_out: int, kernel: int, mode: str = "deconv") -> nn.Module:
     fixed low-pass that removes what it draws at period 2 (StyleGAN2's upsampling). resize-conv-bilinear: the
     resize interpolates (Odena et al.'s other choice), so the convolution starts from smooth ramps, not from the
     2x2 blocks a nearest resize leaves that early samples show."""
-    if mode in ("resize-conv", "resize-conv-bilinear"):
+    resize = RESIZE.get(mode)
+    if resize:
         k = kernel - 1 if kernel % 2 == 0 else kernel
-        resize = "bilinear" if mode == "resize-conv-bilinear" else "nearest"
         return nn.Sequential(nn.Upsample(scale_factor=2, mode=resize),
                              nn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False))
     if mode not in ("deconv", "deconv-blur"):
@@ -128,7 +129,7 @@ def _down(c_in: int, c_out: int, kernel: int) -> nn.Conv2d:
 
 class Generator(nn.Module):
     """z -> 4x4 -> ... -> resolution, BatchNorm + ReLU, Tanh output without BN; each doubling a transposed
-    convolution (Radford's) or, with upsample="resize-conv", a nearest-neighbour resize and a convolution."""
+    convolution (Radford's) or what `upsample` names (UPSAMPLE; `_up` says what each mode builds)."""
 
     def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64, kernel: int = 4, nc: int = 3,
                  upsample: str = "deconv", num_classes: int = 0, conditional: str = "none"):
